@@ -1,0 +1,56 @@
+"""Input checks shared by every public entry point, so bad input fails early with a one-line message."""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from sparseinfer.errors import SparseInferError
+
+
+def check_matrix(t: Tensor, name: str, cols: int | None = None) -> Tensor:
+    """Require a finite floating-point 2-D tensor, optionally with `cols` columns."""
+    if not isinstance(t, Tensor):
+        raise SparseInferError(f"{name} must be a torch.Tensor, got {type(t).__name__}")
+    if t.ndim != 2:
+        raise SparseInferError(f"{name} must be 2-D (batch, features), got shape {tuple(t.shape)}")
+    if not t.is_floating_point():
+        raise SparseInferError(f"{name} must be a floating-point tensor, got dtype {t.dtype}")
+    if cols is not None and t.shape[1] != cols:
+        raise SparseInferError(f"{name} has {t.shape[1]} columns, expected {cols} (shape {tuple(t.shape)})")
+    check_finite(t, name)
+    return t
+
+
+def check_finite(t: Tensor, name: str) -> Tensor:
+    """Require no NaN or Inf entries."""
+    if not torch.isfinite(t).all():
+        bad = int((~torch.isfinite(t)).sum())
+        raise SparseInferError(f"{name} contains {bad} NaN/Inf value(s)")
+    return t
+
+
+def check_signals(x: Tensor, dim: int, dtype: torch.dtype | None = None) -> Tensor:
+    """Validate signals `x` of shape (batch, dim) against a dictionary's dim and dtype."""
+    check_matrix(x, "signals x", cols=dim)
+    if dtype is not None and x.dtype != dtype:
+        raise SparseInferError(f"signals x have dtype {x.dtype} but the dictionary has {dtype}; cast one of them")
+    return x
+
+
+def check_positive(value: float, name: str, allow_zero: bool = False) -> float:
+    """Require a positive (or non-negative) number."""
+    ok = value >= 0 if allow_zero else value > 0
+    if not ok:
+        bound = "non-negative" if allow_zero else "positive"
+        raise SparseInferError(f"{name} must be {bound}, got {value}")
+    return value
+
+
+def check_k(k: int, n_latents: int, name: str = "k") -> int:
+    """Require 1 <= k <= n_latents."""
+    if not isinstance(k, int) or k < 1:
+        raise SparseInferError(f"{name} must be a positive integer, got {k!r}")
+    if k > n_latents:
+        raise SparseInferError(f"{name}={k} exceeds the number of latents N={n_latents}")
+    return k
