@@ -1,0 +1,276 @@
+"""The report of a sweep, read only from its plain result files: a summary table (mean ± std over seeds) per
+setting in the terminal and in `report.md`, and the figures of `figures.py` linked from it.
+
+Inputs: `results_dir/results.parquet` (one row per run) and `results_dir/runs/<run_id>/history.parquet` (one row per
+evaluation point of a run). Optional `results_dir/notes.md` (the protocol's fixed defects) is included verbatim.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from rich import box
+from rich.console import Console
+from rich.table import Table
+
+from sparseinfer.errors import SparseInferError
+from sparseinfer.experiments.figures import (
+    CURVE_COLUMNS,
+    SIZE_COLUMNS,
+    FigureSet,
+    colour_map,
+    equal_runs,
+    write_figures,
+)
+from sparseinfer.experiments.store import RESULTS_TABLE, RUNS_DIR, read_parquet
+
+HISTORY_FILE = "history.parquet"
+REPORT_FILE = "report.md"
+NOTES_FILE = "notes.md"
+FIGURES_DIR = "figures"
+METRICS = ("latent_mcc", "best_latent_mcc", "dict_mcc")
+REQUIRED_COLUMNS = (
+    "run_id",
+    "setting",
+    "method",
+    "seed",
+    *SIZE_COLUMNS,
+    *METRICS,
+    "total_flops",
+    "wall_time_s",
+)
+HISTORY_COLUMNS = ("step", "phase", "total_flops", "latent_mcc")
+_HEADERS = {
+    "latent_mcc": "latent MCC",
+    "best_latent_mcc": "best latent MCC",
+    "dict_mcc": "dict MCC",
+    "total_flops_mean": "total FLOPs",
+    "wall_time_s_mean": "wall time (s)",
+}
+
+
+def summarise(results: pd.DataFrame, group_by: Sequence[str] = ()) -> pd.DataFrame:
+    """Aggregate runs over seeds per (setting, method, *group_by, n_latents, dim, k): n_seeds, mean and sample
+    std (ddof=1, NaN for one seed) of each MCC, mean total FLOPs and mean wall time. Sorted by setting, size, and
+    latent MCC (best first)."""
+    _require(results, (*REQUIRED_COLUMNS[1:], *group_by), "results")
+    keys = ["setting", "method", *(c for c in group_by if c not in ("setting", "method", *SIZE_COLUMNS))]
+    keys += SIZE_COLUMNS
+    grouped = results.groupby(keys, dropna=False, sort=False)
+    table = grouped.size().rename("n_seeds").to_frame()
+    for metric in METRICS:
+        table[f"{metric}_mean"] = grouped[metric].mean()
+        table[f"{metric}_std"] = grouped[metric].std(ddof=1)
+    table["total_flops_mean"] = grouped["total_flops"].mean()
+    table["wall_time_s_mean"] = grouped["wall_time_s"].mean()
+    table = table.reset_index()
+    order = ["setting", *SIZE_COLUMNS, "latent_mcc_mean"]
+    return table.sort_values(order, ascending=[True] * 4 + [False], na_position="last", kind="stable").reset_index(
+        drop=True
+    )
+
+
+def print_tables(summary: pd.DataFrame, console: Console, group_by: Sequence[str] = ()) -> None:
+    """Print one rich table per setting: "mean ± std" cells, FLOPs in engineering notation, best latent MCC first."""
+    for setting, size, headers, rows in _setting_tables(summary, group_by):
+        title = f"{setting} ({size})" if size else setting
+        table = Table(title=title, title_justify="left", header_style="bold", box=box.SIMPLE_HEAD, pad_edge=False)
+        for i, header in enumerate(headers):
+            # Two-line headers, and cells never cut: the usual table fits an 80-column terminal.
+            header = header.replace(" ", "\n", 1)
+            width = max(len(line) for line in [*header.splitlines(), *(row[i] for row in rows)])
+            justify = "left" if i < 1 + len(group_by) else "right"
+            table.add_column(header, justify=justify, min_width=width, no_wrap=True)
+        for row in rows:
+            table.add_row(*row)
+        console.print(table)
+
+
+def markdown_tables(summary: pd.DataFrame, group_by: Sequence[str] = ()) -> dict[str, str]:
+    """The same tables as `print_tables`, as GitHub markdown (size line first when there is one size), by setting."""
+    out = {}
+    for setting, size, headers, rows in _setting_tables(summary, group_by):
+        lines = [f"Size: {size}", ""] if size else []
+        lines += ["| " + " | ".join(headers) + " |", "|" + "|".join("---" for _ in headers) + "|"]
+        lines += ["| " + " | ".join(cell.replace("|", "\\|") for cell in row) + " |" for row in rows]
+        out[setting] = "\n".join(lines)
+    return out
+
+
+def load_results(results_dir: Path) -> pd.DataFrame:
+    """Read `results_dir/results.parquet`; missing, empty or lacking the required columns is a SparseInferError."""
+    path = Path(results_dir) / RESULTS_TABLE
+    if not path.is_file():
+        raise SparseInferError(f"no {RESULTS_TABLE} in {results_dir}: run the sweep first (or point at its folder)")
+    results = read_parquet(path)
+    if results.empty:
+        raise SparseInferError(f"{path} has no runs: nothing to report")
+    _require(results, REQUIRED_COLUMNS, str(path))
+    return results
+
+
+def load_histories(
+    results_dir: Path, results: pd.DataFrame, group_by: Sequence[str] = ()
+) -> tuple[pd.DataFrame, list[str]]:
+    """Every run's history with its setting, label and size attached (`figures.CURVE_COLUMNS` plus dict_mcc), and
+    the run ids whose history file is absent."""
+    frames, absent = [], []
+    labels = run_labels(results, group_by)
+    for i, run in results.reset_index(drop=True).iterrows():
+        path = Path(results_dir) / RUNS_DIR / str(run["run_id"]) / HISTORY_FILE
+        if not path.is_file():
+            absent.append(str(run["run_id"]))
+            continue
+        history = read_parquet(path)
+        _require(history, HISTORY_COLUMNS, str(path))
+        extra = {c: run[c] for c in ("run_id", "setting", *SIZE_COLUMNS)}
+        frames.append(history.assign(label=labels.iloc[i], **extra))
+    columns = [*CURVE_COLUMNS, "dict_mcc"]
+    if not frames:
+        return pd.DataFrame(columns=columns), absent
+    curves = pd.concat(frames, ignore_index=True)
+    if "dict_mcc" not in curves:
+        curves["dict_mcc"] = np.nan
+    return curves[columns], absent
+
+
+def run_labels(results: pd.DataFrame, group_by: Sequence[str] = ()) -> pd.Series:
+    """A run's curve label: its method, plus its `group_by` values in brackets ("sae [encoder.k=3]")."""
+    if not group_by:
+        return results["method"].astype(str).reset_index(drop=True)
+    parts = [results[c].map(lambda v, c=c: f"{c}={_value(v)}") for c in group_by]
+    joined = pd.concat(parts, axis=1).agg(", ".join, axis=1)
+    return (results["method"].astype(str) + " [" + joined + "]").reset_index(drop=True)
+
+
+def write_report(results_dir: Path, group_by: Sequence[str] = (), console: Console | None = None) -> Path:
+    """Read the sweep in `results_dir`, print its tables, draw its figures into `results_dir/figures/` and write
+    `results_dir/report.md` (tables, figure links, frontier winners, notes). Returns the report's path."""
+    results_dir = Path(results_dir)
+    group_by = tuple(group_by)
+    results = load_results(results_dir)
+    _require(results, group_by, "results (group_by)")
+    summary = summarise(results, group_by)
+    print_tables(summary, console or Console(), group_by)
+    curves, absent = load_histories(results_dir, results, group_by)
+    colours = colour_map(run_labels(results, group_by))
+    sets = write_figures(curves, results_dir / FIGURES_DIR, colours) if len(curves) else []
+    text = _markdown(results_dir, results, summary, group_by, sets, absent)
+    path = results_dir / REPORT_FILE
+    path.write_text(text, encoding="utf-8")
+    return path
+
+
+def eng(value: float) -> str:
+    """Engineering notation with three significant figures: 1.23e12, 450e6, 12.3e9; '—' for NaN."""
+    if value is None or not math.isfinite(value):
+        return "—"
+    if value == 0:
+        return "0"
+    exp = 3 * math.floor(math.log10(abs(value)) / 3)
+    mant = float(f"{value / 10**exp:.3g}")
+    if abs(mant) >= 1000:
+        mant, exp = mant / 1000, exp + 3
+    digits = 2 - math.floor(math.log10(abs(mant)))
+    text = f"{mant:.{max(digits, 0)}f}"
+    return text if exp == 0 else f"{text}e{exp}"
+
+
+def _markdown(
+    results_dir: Path,
+    results: pd.DataFrame,
+    summary: pd.DataFrame,
+    group_by: tuple[str, ...],
+    sets: list[FigureSet],
+    absent: list[str],
+) -> str:
+    """The text of report.md."""
+    lines = [
+        "# sparseinfer report",
+        "",
+        f"{len(results)} runs from `{RESULTS_TABLE}`; cells are mean ± std over seeds (sample std); "
+        "MCC on the test set; total FLOPs = training + inference of the test codes.",
+        "",
+    ]
+    notes = results_dir / NOTES_FILE
+    if notes.is_file():
+        lines += ["## Notes on the protocol", "", notes.read_text(encoding="utf-8").strip(), ""]
+    if absent:
+        shown = ", ".join(absent[:10]) + (f", … ({len(absent)} in all)" if len(absent) > 10 else "")
+        lines += [f"> No history file for {len(absent)} run(s), left out of the figures: {shown}", ""]
+    tables = markdown_tables(summary, group_by)
+    for setting, table in tables.items():
+        lines += [f"## {setting}", "", table, ""]
+        for fs in (s for s in sets if s.setting == setting):
+            if fs.size is not None:
+                lines += [f"### Figures for N={fs.size[0]}, M={fs.size[1]}, K={fs.size[2]}", ""]
+            for kind, caption in (("step", "MCC vs step"), ("flops", "MCC vs FLOPs"), ("frontier", "frontier")):
+                png = fs.files[kind].relative_to(results_dir).as_posix()
+                lines += [f"![{setting}: {caption}]({png}) ([PDF]({png[:-4]}.pdf))", ""]
+            lines += [*_frontier_text(fs.frontier), ""]
+    return "\n".join(lines).rstrip() + "\n"
+
+
+def _frontier_text(front: pd.DataFrame) -> list[str]:
+    """Which method is on the compute-optimal frontier over which FLOP range."""
+    front = front.dropna(subset=["method"]).reset_index(drop=True)
+    if front.empty:
+        return []
+    lines = ["Compute-optimal frontier (best latent MCC reachable within each FLOP budget):", ""]
+    lines += ["| FLOP budget from | to | best method | MCC reached |", "|---|---|---|---|"]
+    for start, stop in equal_runs(front["method"].tolist()):
+        seg = front.iloc[start:stop]
+        lines.append(
+            f"| {eng(seg['budget'].iloc[0])} | {eng(seg['budget'].iloc[-1])} | {seg['method'].iloc[0]} "
+            f"| {seg['mcc'].iloc[-1]:.3f} |"
+        )
+    return lines
+
+
+def _setting_tables(summary: pd.DataFrame, group_by: Sequence[str]) -> list[tuple[str, str, list[str], list[list]]]:
+    """(setting, size text, headers, formatted rows) per setting, rows sorted by latent MCC (best first). The size
+    text ("N=16, M=8, K=3") is set when a setting has one size, else sizes are columns; all-NaN metrics are left out."""
+    out = []
+    for setting, part in summary.groupby("setting", sort=True):
+        part = part.sort_values("latent_mcc_mean", ascending=False, na_position="last", kind="stable")
+        sizes = part[list(SIZE_COLUMNS)].drop_duplicates()
+        one_size = len(sizes) == 1
+        size = "N={}, M={}, K={}".format(*sizes.iloc[0]) if one_size else ""
+        metrics = [m for m in METRICS if part[f"{m}_mean"].notna().any()]
+        headers = ["method", *group_by, *([] if one_size else ["N", "M", "K"]), "n"]
+        headers += [_HEADERS[m] for m in metrics] + [_HEADERS["total_flops_mean"], _HEADERS["wall_time_s_mean"]]
+        rows = []
+        for _, r in part.iterrows():
+            row = [str(r["method"]), *(_value(r[c]) for c in group_by)]
+            row += [] if one_size else [str(int(r[c])) for c in SIZE_COLUMNS]
+            row += [str(int(r["n_seeds"]))] + [_pm(r[f"{m}_mean"], r[f"{m}_std"]) for m in metrics]
+            row += [eng(r["total_flops_mean"]), f"{r['wall_time_s_mean']:.1f}"]
+            rows.append(row)
+        out.append((str(setting), size, headers, rows))
+    return out
+
+
+def _pm(mean: float, std: float) -> str:
+    """'0.912 ± 0.013'; just the mean with one seed; '—' when undefined."""
+    if not np.isfinite(mean):
+        return "—"
+    return f"{mean:.3f} ± {std:.3f}" if np.isfinite(std) else f"{mean:.3f}"
+
+
+def _value(v: object) -> str:
+    """A hyperparameter value for a label or cell: compact numbers, 'None' for missing."""
+    if v is None or (isinstance(v, float) and math.isnan(v)):
+        return "None"
+    if isinstance(v, float | np.floating):
+        return f"{float(v):g}"
+    return str(v)
+
+
+def _require(df: pd.DataFrame, columns: Sequence[str], what: str) -> None:
+    missing = [c for c in columns if c not in df.columns]
+    if missing:
+        raise SparseInferError(f"{what} lacks required column(s): {', '.join(missing)}")

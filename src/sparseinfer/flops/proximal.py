@@ -1,0 +1,123 @@
+"""Inference FLOPs of the proximal-gradient encoders (ista, fista, lca) and of the least-squares refit on a support.
+
+Every iteration applies one least-squares gradient step s -> s + step (b - s G), with b = x D^T and G = D D^T, in
+one of two forms: the Gram form multiplies by the (N, N) matrix I - step G; the factored form multiplies by D and
+then by D^T, which is cheaper when N > 2M (`gram_is_cheaper`). `matmul` equals what FlopCounterMode counts;
+`elementwise` counts thresholds, momentum and tolerance checks, and estimates the eigen/singular value
+decompositions (which the counter ignores) by their leading term.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from sparseinfer.flops.primitives import Flops, elementwise, matmul
+
+
+def gram_is_cheaper(dim: int, n_latents: int) -> bool:
+    """Whether one (N, N) product per iteration costs no more than two (N, M) products: N <= 2M."""
+    return n_latents <= 2 * dim
+
+
+def eigvalsh(size: int) -> Flops:
+    """Eigenvalues of a symmetric (size, size) matrix: Householder tridiagonalisation, about 4/3 size^3."""
+    return elementwise(4 * size**3 // 3)
+
+
+def svd(rows: int, cols: int) -> Flops:
+    """Thin SVD of a (rows, cols) matrix with U and V: about 4 m n^2 + 8 n^3 for m >= n (Golub & Van Loan)."""
+    m, n = max(rows, cols), min(rows, cols)
+    return elementwise(4 * m * n * n + 8 * n**3)
+
+
+def setup(batch: int, dim: int, n_latents: int, lipschitz: bool) -> Flops:
+    """Once per call: b = x D^T scaled by the step, the iteration matrix, and (optionally) L = ||D||_2^2."""
+    flops = matmul(batch, dim, n_latents) + elementwise(batch * n_latents)
+    if gram_is_cheaper(dim, n_latents):
+        flops += matmul(n_latents, dim, n_latents) + elementwise(n_latents * n_latents, 2)
+    else:
+        flops += elementwise(n_latents * dim)
+    if lipschitz:
+        if n_latents <= dim:
+            flops += eigvalsh(n_latents)
+        else:
+            flops += matmul(dim, n_latents, dim) + eigvalsh(dim)
+    return flops
+
+
+def gradient_step(batch: int, dim: int, n_latents: int) -> Flops:
+    """One s + step (b - s G) on a (batch, N) tensor."""
+    if gram_is_cheaper(dim, n_latents):
+        return matmul(batch, n_latents, n_latents) + elementwise(batch * n_latents)
+    return matmul(batch, n_latents, dim) + matmul(batch, dim, n_latents) + elementwise(batch * n_latents, 2)
+
+
+def threshold(batch: int, n_latents: int) -> Flops:
+    """Soft or one-sided threshold: a clamp and a subtraction per entry."""
+    return elementwise(batch * n_latents, 2)
+
+
+def tolerance_checks(batch: int, n_latents: int, iterations: int, check_every: int) -> Flops:
+    """ceil(iterations / check_every) checks of max_i ||s_t - s_{t-1}|| / ||s_t||."""
+    checks = -(-iterations // check_every)
+    return elementwise(checks * (5 * batch * n_latents + 5 * batch))
+
+
+def ista(batch: int, dim: int, n_latents: int, iterations: int, lipschitz: bool = True, check_every: int = 10) -> Flops:
+    """ISTA: s <- T(s + step (b - s G))."""
+    per_iter = gradient_step(batch, dim, n_latents) + threshold(batch, n_latents)
+    return (
+        setup(batch, dim, n_latents, lipschitz)
+        + per_iter * iterations
+        + tolerance_checks(batch, n_latents, iterations, check_every)
+    )
+
+
+def fista(
+    batch: int,
+    dim: int,
+    n_latents: int,
+    iterations: int,
+    lipschitz: bool = True,
+    check_every: int = 10,
+    restart: bool = True,
+) -> Flops:
+    """FISTA: ISTA's step at an extrapolated point y = s + beta (s - s_prev); restart adds a per-sample test."""
+    momentum = elementwise(batch * n_latents, 3)
+    if restart:
+        momentum += elementwise(batch * n_latents, 3) + elementwise(batch, 8)
+    per_iter = gradient_step(batch, dim, n_latents) + threshold(batch, n_latents) + momentum
+    return (
+        setup(batch, dim, n_latents, lipschitz)
+        + per_iter * iterations
+        + tolerance_checks(batch, n_latents, iterations, check_every)
+    )
+
+
+def lca(
+    batch: int,
+    dim: int,
+    n_latents: int,
+    iterations: int,
+    lipschitz: bool = True,
+    check_every: int = 10,
+    warm_start: bool = False,
+) -> Flops:
+    """LCA (Euler steps): u <- a + eta (b - a G) + (1 - eta)(u - a), a = T(u); a warm start sets u from the codes."""
+    per_iter = gradient_step(batch, dim, n_latents) + threshold(batch, n_latents) + elementwise(batch * n_latents, 3)
+    flops = (
+        setup(batch, dim, n_latents, lipschitz)
+        + per_iter * iterations
+        + tolerance_checks(batch, n_latents, iterations, check_every)
+    )
+    return flops + elementwise(batch * n_latents, 3) if warm_start else flops
+
+
+def refit(batch: int, dim: int, support_sizes: Sequence[int]) -> Flops:
+    """Least squares on each sample's support, padded to `k` atoms, once per round (k per round given)."""
+    flops = Flops()
+    for k in support_sizes:
+        rank = min(dim, k)
+        flops += svd(dim, k) * batch + matmul(rank, dim, 1) * batch + matmul(k, rank, 1) * batch
+        flops += elementwise(batch * rank, 2)
+    return flops

@@ -1,0 +1,214 @@
+"""omp and matching_pursuit: against scikit-learn's orthogonal_mp, scipy's nnls and slow numpy loops; FLOPs."""
+
+from __future__ import annotations
+
+import warnings
+
+import numpy as np
+import pytest
+import torch
+from scipy.optimize import nnls
+from sklearn.linear_model import orthogonal_mp
+from torch.utils.flop_counter import FlopCounterMode
+
+import sparseinfer as si
+from sparseinfer.flops import pursuit
+
+
+def _problem(n_latents: int, dim: int, batch: int, seed: int, sparse_k: int | None = None):
+    dictionary = si.Dictionary.random(n_latents, dim, seed=seed, dtype=torch.float64)
+    gen = torch.Generator().manual_seed(seed + 1)
+    if sparse_k is None:
+        x = torch.randn(batch, dim, generator=gen, dtype=torch.float64)
+        return dictionary, x, None
+    codes = torch.zeros(batch, n_latents, dtype=torch.float64)
+    for b in range(batch):
+        idx = torch.randperm(n_latents, generator=gen)[:sparse_k]
+        codes[b, idx] = torch.randn(sparse_k, generator=gen, dtype=torch.float64).abs() + 0.5
+    return dictionary, codes @ dictionary.atoms.detach(), codes
+
+
+def _sklearn_omp(dictionary: si.Dictionary, x: torch.Tensor, k: int | None, tol: float | None) -> np.ndarray:
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        coef = orthogonal_mp(dictionary.atoms.detach().numpy().T, x.numpy().T, n_nonzero_coefs=k, tol=tol)
+    return coef.T
+
+
+@pytest.mark.parametrize(("n_latents", "dim", "k"), [(40, 16, 1), (40, 16, 5), (40, 16, 16), (12, 20, 12)])
+def test_omp_matches_sklearn(n_latents: int, dim: int, k: int) -> None:
+    dictionary, x, _ = _problem(n_latents, dim, 64, seed=k)
+    codes = si.create("omp", k=k)(x, dictionary).numpy()
+    ref = _sklearn_omp(dictionary, x, k, None)
+    assert np.array_equal(codes != 0, ref != 0)
+    np.testing.assert_allclose(codes, ref, atol=1e-8, rtol=0)
+
+
+@pytest.mark.parametrize("tol", [0.5, 0.05, 1e-10])
+def test_omp_with_tol_matches_sklearn(tol: float) -> None:
+    dictionary, x, _ = _problem(30, 12, 64, seed=3)
+    encoder = si.create("omp", k=30, tol=tol)
+    codes = encoder(x, dictionary).numpy()
+    ref = _sklearn_omp(dictionary, x, None, tol)
+    assert np.array_equal(codes != 0, ref != 0)
+    np.testing.assert_allclose(codes, ref, atol=1e-8, rtol=0)
+    residual = x.numpy() - codes @ dictionary.atoms.detach().numpy()
+    assert (residual**2).sum(1).max() <= tol
+    assert encoder.diagnostics is not None and encoder.diagnostics.converged
+    assert encoder.diagnostics.iterations == (ref != 0).sum(1).max()
+
+
+def test_omp_recovers_sparse_codes_exactly() -> None:
+    dictionary, x, truth = _problem(64, 32, 50, seed=5, sparse_k=3)
+    codes = si.create("omp", k=3)(x, dictionary)
+    assert torch.allclose(codes, truth, atol=1e-10)
+
+
+def _nnls_omp_reference(atoms: np.ndarray, x: np.ndarray, k: int, tol: float) -> np.ndarray:
+    out = np.zeros(atoms.shape[0])
+    residual, support, coef = x.copy(), [], np.zeros(0)
+    for _ in range(k):
+        if residual @ residual <= tol:
+            break
+        corr = atoms @ residual
+        corr[support] = -np.inf
+        j = int(np.argmax(corr))
+        if corr[j] <= 0:
+            break
+        support.append(j)
+        coef, _ = nnls(atoms[support].T, x)
+        residual = x - coef @ atoms[support]
+    out[support] = coef
+    return out
+
+
+@pytest.mark.parametrize(("k", "tol"), [(4, 0.0), (10, 0.0), (12, 0.2)])
+def test_omp_nonneg_matches_nnls_reference(k: int, tol: float) -> None:
+    dictionary, x, _ = _problem(32, 12, 60, seed=11)
+    encoder = si.create("omp", k=k, tol=tol, nonneg=True)
+    codes = encoder(x, dictionary).numpy()
+    atoms = dictionary.atoms.detach().numpy()
+    ref = np.stack([_nnls_omp_reference(atoms, row, k, tol) for row in x.numpy()])
+    assert (codes >= 0).all()
+    np.testing.assert_allclose(codes, ref, atol=1e-8, rtol=0)
+    # Each sample's coefficients are scipy's NNLS on its support.
+    for row, sample in zip(codes, x.numpy(), strict=True):
+        support = np.flatnonzero(row)
+        if support.size:
+            coef, _ = nnls(atoms[support].T, sample)
+            np.testing.assert_allclose(row[support], coef, atol=1e-8)
+
+
+def test_omp_warm_start_takes_init_support_first() -> None:
+    dictionary, x, truth = _problem(40, 16, 20, seed=2, sparse_k=3)
+    noisy = truth * 0.5  # right support, wrong values
+    codes = si.create("omp", k=3)(x, dictionary, init=noisy)
+    assert torch.allclose(codes, truth, atol=1e-10)
+    # A wrong warm support of one atom: kept, then the greedy steps add atoms until k.
+    _, dense_x, _ = _problem(40, 16, 20, seed=3)
+    wrong = torch.zeros_like(truth)
+    wrong[:, 0] = 1.0
+    codes = si.create("omp", k=4)(dense_x, dictionary, init=wrong)
+    assert bool((codes[:, 0] != 0).all()) and bool(((codes != 0).sum(1) == 4).all())
+    # ... and the result is the least-squares fit on that support.
+    for row, sample in zip(codes.numpy(), dense_x.numpy(), strict=True):
+        support = np.flatnonzero(row)
+        coef = np.linalg.lstsq(dictionary.atoms.detach().numpy()[support].T, sample, rcond=None)[0]
+        np.testing.assert_allclose(row[support], coef, atol=1e-10)
+
+
+def _mp_reference(atoms: np.ndarray, x: np.ndarray, steps: int, k: int | None, tol: float, nonneg: bool, init=None):
+    codes = np.zeros(atoms.shape[0]) if init is None else init.copy()
+    residual = x - codes @ atoms
+    norms = np.linalg.norm(atoms, axis=1)
+    for _ in range(steps):
+        if residual @ residual <= tol:
+            break
+        corr = atoms @ residual
+        score = corr / norms if nonneg else np.abs(corr) / norms
+        j = int(np.argmax(score))
+        if score[j] <= 0:
+            break
+        if k is not None and codes[j] == 0 and (codes != 0).sum() >= k:
+            break
+        coef = corr[j] / norms[j] ** 2
+        codes[j] += coef
+        residual = residual - coef * atoms[j]
+    return codes
+
+
+@pytest.mark.parametrize(
+    ("steps", "k", "tol", "nonneg"), [(10, None, 0.0, False), (50, 5, 0.0, False), (40, None, 0.05, True)]
+)
+def test_matching_pursuit_matches_numpy_loop(steps: int, k: int | None, tol: float, nonneg: bool) -> None:
+    dictionary, x, _ = _problem(24, 10, 40, seed=7)
+    codes = si.create("matching_pursuit", max_iter=steps, k=k, tol=tol, nonneg=nonneg)(x, dictionary).numpy()
+    atoms = dictionary.atoms.detach().numpy()
+    ref = np.stack([_mp_reference(atoms, row, steps, k, tol, nonneg) for row in x.numpy()])
+    np.testing.assert_allclose(codes, ref, atol=1e-10, rtol=0)
+    if k is not None:
+        assert ((codes != 0).sum(1) <= k).all()
+    if nonneg:
+        assert (codes >= 0).all()
+
+
+def test_matching_pursuit_warm_start_matches_numpy_loop() -> None:
+    dictionary, x, truth = _problem(24, 10, 30, seed=8, sparse_k=2)
+    init = truth * 0.7
+    codes = si.create("matching_pursuit", max_iter=15)(x, dictionary, init=init).numpy()
+    atoms = dictionary.atoms.detach().numpy()
+    ref = np.stack([_mp_reference(atoms, r, 15, None, 0.0, False, i) for r, i in zip(x.numpy(), init.numpy())])
+    np.testing.assert_allclose(codes, ref, atol=1e-10, rtol=0)
+
+
+def _counted(fn) -> int:
+    with FlopCounterMode(display=False) as counter:
+        fn()
+    return counter.get_total_flops()
+
+
+@pytest.mark.parametrize("nonneg", [False, True])
+def test_omp_flops_match_counter(nonneg: bool) -> None:
+    dictionary, x, _ = _problem(40, 16, 32, seed=4)
+    encoder = si.create("omp", k=6, nonneg=nonneg)
+    counted = _counted(lambda: encoder(x, dictionary))
+    assert encoder.diagnostics is not None and encoder.diagnostics.iterations == 6
+    assert counted == pursuit.omp(32, 16, 40, 6, nonneg).matmul
+    assert encoder.inference_flops(32, 16, 40) >= counted
+
+
+@pytest.mark.parametrize("warm", [False, True])
+def test_matching_pursuit_flops_match_counter(warm: bool) -> None:
+    dictionary, x, truth = _problem(40, 16, 32, seed=4, sparse_k=3)
+    encoder = si.create("matching_pursuit", max_iter=9)
+    init = truth * 0.5 if warm else None
+    counted = _counted(lambda: encoder(x, dictionary, init=init))
+    assert encoder.diagnostics is not None and encoder.diagnostics.iterations == 9
+    assert counted == pursuit.matching_pursuit(32, 16, 40, 9, warm).matmul
+    assert encoder.inference_flops(32, 16, 40) == pursuit.matching_pursuit(32, 16, 40, 9, warm).total
+
+
+def test_early_stop_counts_only_steps_run() -> None:
+    dictionary, x, _ = _problem(64, 32, 16, seed=6, sparse_k=2)
+    encoder = si.create("omp", k=10, tol=1e-12)
+    counted = _counted(lambda: encoder(x, dictionary))
+    assert encoder.diagnostics is not None and encoder.diagnostics.iterations == 2
+    assert counted == pursuit.omp(16, 32, 64, 2).matmul
+
+
+@pytest.mark.parametrize("name", ["omp", "matching_pursuit"])
+def test_errors(name: str) -> None:
+    dictionary, x, _ = _problem(8, 4, 3, seed=0)
+    with pytest.raises(si.SparseInferError, match="exceeds the number of latents"):
+        si.create(name, k=9)(x, dictionary)
+    with pytest.raises(si.SparseInferError, match="positive integer"):
+        si.create(name, k=0)
+    with pytest.raises(si.SparseInferError, match="tol"):
+        si.create(name, tol=-1.0)
+    bad = x.clone()
+    bad[0, 0] = float("nan")
+    with pytest.raises(si.SparseInferError, match="NaN"):
+        si.create(name, k=2)(bad, dictionary)
+    if name == "matching_pursuit":
+        with pytest.raises(si.SparseInferError, match="max_iter"):
+            si.create(name, max_iter=0)
