@@ -3,6 +3,7 @@ errors on bad input, registry creation, and FLOP formulas against torch's FlopCo
 
 from __future__ import annotations
 
+import copy
 import math
 from itertools import pairwise
 
@@ -293,6 +294,21 @@ def test_bad_input(name: str, hparams: dict[str, object], dictionary: Dictionary
         enc(x, other)
 
 
+@pytest.mark.parametrize(("name", "hparams"), ALL)
+def test_deepcopy_after_a_training_step(
+    name: str, hparams: dict[str, object], dictionary: Dictionary, x: torch.Tensor
+) -> None:
+    """A loop keeping the best encoder so far deep-copies it mid-training; the copy encodes identically."""
+    enc = make(name, **hparams)
+    codes = enc(x, dictionary)
+    penalty = enc.sparsity_penalty(codes)
+    (codes.pow(2).sum() + (0 if penalty is None else penalty)).backward()
+    best = copy.deepcopy(enc).eval()
+    enc.eval()
+    with torch.no_grad():
+        np.testing.assert_array_equal(best(x, dictionary).numpy(), enc(x, dictionary).numpy())
+
+
 @pytest.mark.parametrize(
     ("name", "cls"),
     [("relu", ReLUEncoder), ("topk", TopKEncoder), ("batch_topk", BatchTopKEncoder), ("jumprelu", JumpReLUEncoder)],
@@ -333,7 +349,7 @@ FLOP_CASES = [
 ]
 
 TRAIN = {
-    "relu": lambda b, e, g: amortised.relu_training(b, M, N, e.has_bias, g),
+    "relu": lambda b, e, g: amortised.relu_training(b, M, N, e.has_bias, g, e.sparse_output),
     "topk": lambda b, e, g: amortised.topk_training(b, M, N, e.k, e.has_bias, g),
     "batch_topk": lambda b, e, g: amortised.batch_topk_training(b, M, N, e.k, e.has_bias, g),
     "jumprelu": lambda b, e, g: amortised.jumprelu_training(b, M, N, e.has_bias, g),

@@ -157,7 +157,9 @@ def test_matching_pursuit_warm_start_matches_numpy_loop() -> None:
     init = truth * 0.7
     codes = si.create("matching_pursuit", max_iter=15)(x, dictionary, init=init).numpy()
     atoms = dictionary.atoms.detach().numpy()
-    ref = np.stack([_mp_reference(atoms, r, 15, None, 0.0, False, i) for r, i in zip(x.numpy(), init.numpy())])
+    ref = np.stack(
+        [_mp_reference(atoms, r, 15, None, 0.0, False, i) for r, i in zip(x.numpy(), init.numpy(), strict=True)]
+    )
     np.testing.assert_allclose(codes, ref, atol=1e-10, rtol=0)
 
 

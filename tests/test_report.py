@@ -227,7 +227,8 @@ def test_missing_and_bad_results(tmp_path: Path) -> None:
 
 
 def test_missing_history_is_noted_and_bad_history_rejected(tmp_path: Path) -> None:
-    _make_results_dir(tmp_path, with_notes=False)
+    results = _make_results_dir(tmp_path, with_notes=False)
+    results[results["setting"] == "known_codes"].to_parquet(tmp_path / "results.parquet", index=False)
     (tmp_path / "runs" / "known_codes-sae-s0" / "history.parquet").unlink()
     path = write_report(tmp_path, console=Console(file=io.StringIO()))
     text = path.read_text()
@@ -238,3 +239,17 @@ def test_missing_history_is_noted_and_bad_history_rejected(tmp_path: Path) -> No
     )
     with pytest.raises(SparseInferError, match="total_flops"):
         write_report(tmp_path, console=Console(file=io.StringIO()))
+
+
+def test_several_sizes_get_their_own_figures_and_columns(tmp_path: Path) -> None:
+    results = _make_results_dir(tmp_path, with_notes=False)
+    results = results[(results["setting"] == "known_codes") & (results["method"] == "sae")].copy()
+    results.loc[results["seed"] == 2, ["n_latents", "dim"]] = [32, 16]
+    results.to_parquet(tmp_path / "results.parquet", index=False)
+    text = write_report(tmp_path, console=Console(file=io.StringIO())).read_text()
+    assert "| method | N | M | K | n |" in text
+    assert "| sae | 16 | 8 | 3 | 2 | 0.550 ± 0.071 |" in text  # 0.5, 0.6: std = 0.1 / sqrt(2)
+    assert "| sae | 32 | 16 | 3 | 1 | 0.700 |" in text  # one seed: no std
+    for stem in ("known_codes_N16_M8_K3", "known_codes_N32_M16_K3"):
+        assert (tmp_path / "figures" / f"{stem}_frontier.png").stat().st_size > 20_000
+        assert f"figures/{stem}_mcc_vs_step.png" in text

@@ -102,7 +102,7 @@ def report(results_dir: Annotated[Path, typer.Argument(help="folder holding resu
 def main() -> None:
     """Entry point: one-line errors with exit code 2 for bad input; Ctrl-C exits with 130."""
     try:
-        app(standalone_mode=False)
+        code = app(standalone_mode=False)
     except SparseInferError as err:
         Console(stderr=True).print(f"[red]error:[/red] {err}", highlight=False)
         sys.exit(2)
@@ -118,6 +118,10 @@ def main() -> None:
             exc.show()
             sys.exit(2)
         raise
+    if isinstance(code, int) and code != 0:
+        if code == 130:
+            Console(stderr=True).print("interrupted; rerun with --resume to continue where it stopped")
+        sys.exit(code)
 
 
 if __name__ == "__main__":

@@ -4,6 +4,7 @@ per-latent threshold, trained with an L0 penalty through straight-through pseudo
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import torch
 from torch import Tensor, nn
@@ -46,6 +47,11 @@ class JumpReLUEncoder(ReLUEncoder):
         self.bandwidth = bandwidth
         self.l0_coefficient = l0_coefficient
         self._last: tuple[Tensor, Tensor, Tensor] | None = None
+
+    def __getstate__(self) -> dict[str, Any]:
+        """Drop the last call's tensors (part of an autograd graph), so the encoder can be deep-copied or pickled."""
+        state = super().__getstate__()
+        return {**state, "_last": None}
 
     @property
     def threshold(self) -> Tensor:

@@ -54,7 +54,7 @@ class LISTAEncoder(Encoder):
         self.nonneg = bool(nonneg)
         self.tied = bool(tied)
         n_w = 1 if self.tied else self.n_layers
-        n_s = 1 if self.tied else self.n_layers - 1
+        n_s = min(1, self.n_layers - 1) if self.tied else self.n_layers - 1  # layer 1 has no S
         bound = 1.0 / math.sqrt(dim)
         self.W = nn.Parameter(torch.empty(n_w, n_latents, dim).uniform_(-bound, bound))
         self.S = nn.Parameter(torch.zeros(n_s, n_latents, n_latents))

@@ -50,4 +50,4 @@ class ReLUEncoder(Encoder):
 
     def training_flops(self, batch: int, dim: int, n_latents: int, input_grad: bool = False) -> int:
         """Forward + backward; `input_grad` when the subtracted dictionary bias is learned (adds x's gradient)."""
-        return amortised.relu_training(batch, dim, n_latents, self.has_bias, input_grad).total
+        return amortised.relu_training(batch, dim, n_latents, self.has_bias, input_grad, self.sparse_output).total

@@ -23,6 +23,7 @@ from sparseinfer.encoders import create
 from sparseinfer.encoders.base import Encoder
 from sparseinfer.experiments.config import ITOConfig, RunConfig, parse_run
 from sparseinfer.experiments.store import write_parquet, write_yaml
+from sparseinfer.flops import optimisation
 from sparseinfer.training import Regime, TrainConfig, code_table_for, evaluate_synthetic, fit, get_regime, score_codes
 
 Rows = list[dict[str, Any]]
@@ -33,7 +34,7 @@ def resolved_config(config: RunConfig) -> dict[str, Any]:
     out = config.model_dump(mode="json")
     out["versions"] = {
         "sparseinfer": sparseinfer.__version__,
-        "torch": torch.__version__,
+        "torch": str(torch.__version__),
         "python": platform.python_version(),
     }
     return out
@@ -102,7 +103,7 @@ def _ito_phase(
     rows: Rows = []
 
     def on_step(step: int, codes: torch.Tensor) -> None:
-        flops = init_flops + refiner.flops_at(n_test, dim, n_latents, step)
+        flops = init_flops + optimisation.gradient(n_test, dim, n_latents, step, "adam", "exp", warm).total
         scores = score_codes(codes, dictionary, data, regime)
         rows.append({**after, "phase": "ito", "step": after["step"] + step, "inference_flops": flops, **scores})
 

@@ -196,7 +196,7 @@ def _figure_set(
     ax.set_xlabel(_X_LABELS["flops"])
     ax.set_ylabel("best latent MCC reachable within budget")
     fig.suptitle(f"{setting}: compute-optimal frontier ({size_text})")
-    _legend(fig, handles, post_phase=False)
+    _legend(fig, handles, post_phase=False, title="method")
     result.files["frontier"] = _save(fig, out_dir / f"{stem}_frontier")
     return result
 
@@ -235,17 +235,21 @@ def _ordered(run: pd.DataFrame) -> pd.DataFrame:
 
 
 def _draw_curves(ax: Axes, curves: Mapping[str, MeanCurve], colours: Mapping, log_x: bool) -> dict[str, Line2D]:
-    """Mean line (solid while training, dashed after) and a ± std band per label; returns legend handles."""
+    """Mean line (solid while training, dashed after) and a ± std band per label; returns legend handles.
+
+    A method with an ITO phase usually shares its training curve with its base method (same seeds), so it is drawn
+    wider and underneath: both stay visible where they coincide."""
     handles = {}
     for name, c in curves.items():
         colour = colours[name]
+        lw, z = (3.2, 2) if c.post_start is not None else (1.8, 3)
         if len(c.x) == 1:
-            ax.errorbar(c.x, c.mean, yerr=np.nan_to_num(c.std), fmt="o", color=colour, capsize=3)
+            ax.errorbar(c.x, c.mean, yerr=np.nan_to_num(c.std), fmt="o", color=colour, capsize=3, zorder=z)
         else:
             split = np.searchsorted(c.x, c.post_start) if c.post_start is not None else len(c.x)
-            ax.plot(c.x[: split + 1], c.mean[: split + 1], color=colour, lw=1.8)
+            ax.plot(c.x[: split + 1], c.mean[: split + 1], color=colour, lw=lw, zorder=z)
             if split < len(c.x):
-                ax.plot(c.x[split:], c.mean[split:], color=colour, lw=1.8, ls="--")
+                ax.plot(c.x[split:], c.mean[split:], color=colour, lw=lw, ls="--", zorder=z)
             band = np.isfinite(c.std)
             if band.any():
                 ax.fill_between(c.x, c.mean - c.std, c.mean + c.std, where=band, color=colour, alpha=0.2, lw=0)
@@ -289,11 +293,11 @@ def _panels(n: int) -> tuple[Figure, list[Axes]]:
     return fig, list(axes)
 
 
-def _legend(fig: Figure, handles: list[Line2D], post_phase: bool) -> None:
+def _legend(fig: Figure, handles: list[Line2D], post_phase: bool, title: str = "method (seeds)") -> None:
     handles = list(handles)
     if post_phase:
         handles.append(Line2D([], [], color="grey", ls="--", lw=1.8, label="dashed: inference-time optimisation"))
-    fig.legend(handles=handles, loc="outside right upper", frameon=False, title="method (seeds)")
+    fig.legend(handles=handles, loc="outside right center", frameon=False, title=title)
 
 
 def _save(fig: Figure, stem: Path) -> Path:

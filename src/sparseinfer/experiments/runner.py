@@ -1,7 +1,7 @@
 """The sweep runner: many runs, each into its own folder `out_dir/runs/<run_id>/`, in-process or in a process pool.
 
 Resumable by construction: a run is complete iff its `result.json` exists, and that file is written last and
-atomically, so after Ctrl-C, `kill -9` or a power cut every folder is either complete (skipped on resume, never
+atomically, so after Ctrl-C or `kill -9` every folder is either complete (skipped on resume, never
 redone) or not (wiped and redone). `out_dir/sweep.yaml` records the run ids and configs so that a resume can check
 it continues the same sweep; `out_dir/results.parquet` gathers the complete runs at the end.
 """

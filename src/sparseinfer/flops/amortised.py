@@ -104,9 +104,12 @@ def relu(batch: int, dim: int, n_latents: int, bias: bool, sparse: bool = False)
     return inference(batch, dim, (), n_latents, bias, relu_activation(batch, n_latents)) + extra
 
 
-def relu_training(batch: int, dim: int, n_latents: int, bias: bool, input_grad: bool = False) -> Flops:
-    """One training step of the ReLU SAE encoder."""
-    return training(batch, dim, (), n_latents, bias, relu_activation(batch, n_latents), input_grad)
+def relu_training(
+    batch: int, dim: int, n_latents: int, bias: bool, input_grad: bool = False, sparse: bool = False
+) -> Flops:
+    """One training step of the ReLU SAE encoder; `sparse` output adds a selection pass over the codes."""
+    extra = elementwise(batch * n_latents) if sparse else Flops()
+    return training(batch, dim, (), n_latents, bias, relu_activation(batch, n_latents), input_grad) + extra
 
 
 def topk(batch: int, dim: int, n_latents: int, k: int, bias: bool) -> Flops:
