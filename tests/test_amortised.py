@@ -134,6 +134,9 @@ def test_batch_topk_keeps_k_times_batch_over_the_batch(dictionary: Dictionary, x
     # eval mode is per sample: one row alone gets the same codes
     np.testing.assert_allclose(enc(x[:1], dictionary).detach().numpy(), eval_codes[:1], rtol=1e-12, atol=1e-12)
     assert float(enc.threshold) == thr  # eval does not move the threshold
+    eval_flops = amortised.batch_topk(B, M, N, k, True, batch_mode=False)
+    assert enc.inference_flops(B, M, N) == eval_flops.total
+    assert counted(lambda: enc(x, dictionary)) == eval_flops.matmul
 
 
 def test_batch_topk_eval_without_threshold_falls_back_to_batch_selection(

@@ -285,7 +285,7 @@ def test_lista_trains_below_ista_init() -> None:
     def loss() -> torch.Tensor:
         return ((x - dictionary.decode(lista(x, dictionary))) ** 2).mean()
 
-    start = float(loss())
+    start = float(loss().detach())
     for _ in range(100):
         opt.zero_grad()
         loss().backward()

@@ -13,7 +13,7 @@ from rich.console import Console
 
 from sparseinfer.errors import SparseInferError
 from sparseinfer.experiments.figures import frontier, mean_curve
-from sparseinfer.experiments.report import eng, load_results, summarise, write_report
+from sparseinfer.experiments.report import eng, load_results, print_tables, summarise, write_report
 
 SETTINGS = ("known_codes", "learn_both")
 # Final latent MCC of seeds 0, 1, 2: means and sample stds are easy by hand (e.g. 0.5, 0.6, 0.7 -> 0.6 ± 0.1).
@@ -143,6 +143,9 @@ def test_summary_group_by_splits_rows(tmp_path: Path) -> None:
     sae = summary[(summary["setting"] == "known_codes") & (summary["method"] == "sae")]
     assert sorted(sae["n_seeds"]) == [1, 2]
     assert sae.set_index("encoder.k").loc[3.0, "latent_mcc_mean"] == pytest.approx(0.55)
+    out = io.StringIO()
+    print_tables(summary, Console(file=out, width=200, color_system=None))
+    assert "encoder.k" in out.getvalue() and "0.550 ± 0.071" in out.getvalue()
     with pytest.raises(SparseInferError, match="no_such_column"):
         summarise(results, group_by=("no_such_column",))
 

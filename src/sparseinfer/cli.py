@@ -73,7 +73,7 @@ def run(
 
 @app.command()
 def reproduce(
-    target: Annotated[str, typer.Argument(help="known-codes | known-dictionary | learn-both | all | ablation-*")] = "all",
+    target: Annotated[str, typer.Argument(help="known-codes|known-dictionary|learn-both|all|ablation-*")] = "all",
     preset: Annotated[str, typer.Option(help="quick (minutes) or paper (the protocol exactly)")] = "quick",
     out: Annotated[Path, typer.Option(help="results folder")] = Path("results/study"),
     workers: Annotated[int, typer.Option(min=1, help="parallel worker processes")] = 2,

@@ -8,6 +8,9 @@ dummy slot with coefficient 0), so every step costs the same and FLOPs depend on
 
 A warm start (`init` codes, used by `ito`) first adds each sample's nonzero init atoms, largest first (at most k),
 then continues greedily.
+
+Differences from scikit-learn, by design: a sample whose squared norm is already <= `tol` selects nothing (sklearn
+takes one atom first), and already-selected atoms are excluded from the choice (sklearn stops if it would pick one).
 """
 
 from __future__ import annotations

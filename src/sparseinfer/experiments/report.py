@@ -74,9 +74,11 @@ def summarise(results: pd.DataFrame, group_by: Sequence[str] = ()) -> pd.DataFra
     )
 
 
-def print_tables(summary: pd.DataFrame, console: Console, group_by: Sequence[str] = ()) -> None:
-    """Print one rich table per setting: "mean ± std" cells, FLOPs in engineering notation, best latent MCC first."""
-    for setting, size, headers, rows in _setting_tables(summary, group_by):
+def print_tables(summary: pd.DataFrame, console: Console) -> None:
+    """Print one rich table per setting: "mean ± std" cells, FLOPs in engineering notation, best latent MCC first.
+    Sweep axes (`group_by` columns of `summarise`) get their own columns."""
+    group_by = _group_columns(summary)
+    for setting, size, headers, rows in _setting_tables(summary):
         title = f"{setting} ({size})" if size else setting
         table = Table(title=title, title_justify="left", header_style="bold", box=box.SIMPLE_HEAD, pad_edge=False)
         for i, header in enumerate(headers):
@@ -90,10 +92,10 @@ def print_tables(summary: pd.DataFrame, console: Console, group_by: Sequence[str
         console.print(table)
 
 
-def markdown_tables(summary: pd.DataFrame, group_by: Sequence[str] = ()) -> dict[str, str]:
+def markdown_tables(summary: pd.DataFrame) -> dict[str, str]:
     """The same tables as `print_tables`, as GitHub markdown (size line first when there is one size), by setting."""
     out = {}
-    for setting, size, headers, rows in _setting_tables(summary, group_by):
+    for setting, size, headers, rows in _setting_tables(summary):
         lines = [f"Size: {size}", ""] if size else []
         lines += ["| " + " | ".join(headers) + " |", "|" + "|".join("---" for _ in headers) + "|"]
         lines += ["| " + " | ".join(cell.replace("|", "\\|") for cell in row) + " |" for row in rows]
@@ -153,13 +155,12 @@ def write_report(results_dir: Path, group_by: Sequence[str] = (), console: Conso
     results_dir = Path(results_dir)
     group_by = tuple(group_by)
     results = load_results(results_dir)
-    _require(results, group_by, "results (group_by)")
     summary = summarise(results, group_by)
-    print_tables(summary, console or Console(), group_by)
+    print_tables(summary, console or Console())
     curves, absent = load_histories(results_dir, results, group_by)
     colours = colour_map(run_labels(results, group_by))
     sets = write_figures(curves, results_dir / FIGURES_DIR, colours) if len(curves) else []
-    text = _markdown(results_dir, results, summary, group_by, sets, absent)
+    text = _markdown(results_dir, results, summary, sets, absent)
     path = results_dir / REPORT_FILE
     path.write_text(text, encoding="utf-8")
     return path
@@ -184,7 +185,6 @@ def _markdown(
     results_dir: Path,
     results: pd.DataFrame,
     summary: pd.DataFrame,
-    group_by: tuple[str, ...],
     sets: list[FigureSet],
     absent: list[str],
 ) -> str:
@@ -202,7 +202,7 @@ def _markdown(
     if absent:
         shown = ", ".join(absent[:10]) + (f", … ({len(absent)} in all)" if len(absent) > 10 else "")
         lines += [f"> No history file for {len(absent)} run(s), left out of the figures: {shown}", ""]
-    tables = markdown_tables(summary, group_by)
+    tables = markdown_tables(summary)
     for setting, table in tables.items():
         lines += [f"## {setting}", "", table, ""]
         for fs in (s for s in sets if s.setting == setting):
@@ -231,9 +231,16 @@ def _frontier_text(front: pd.DataFrame) -> list[str]:
     return lines
 
 
-def _setting_tables(summary: pd.DataFrame, group_by: Sequence[str]) -> list[tuple[str, str, list[str], list[list]]]:
+def _group_columns(summary: pd.DataFrame) -> list[str]:
+    """The sweep-axis columns of a `summarise` table: those between method and n_latents."""
+    columns = list(summary.columns)
+    return columns[columns.index("method") + 1 : columns.index(SIZE_COLUMNS[0])]
+
+
+def _setting_tables(summary: pd.DataFrame) -> list[tuple[str, str, list[str], list[list]]]:
     """(setting, size text, headers, formatted rows) per setting, rows sorted by latent MCC (best first). The size
     text ("N=16, M=8, K=3") is set when a setting has one size, else sizes are columns; all-NaN metrics are left out."""
+    group_by = _group_columns(summary)
     out = []
     for setting, part in summary.groupby("setting", sort=True):
         part = part.sort_values("latent_mcc_mean", ascending=False, na_position="last", kind="stable")

@@ -29,6 +29,7 @@ class Preset:
     ito_steps: dict[str, int]
     ito_lr: dict[str, float]
     seeds: tuple[int, ...]
+    lr: float
     widths: dict[str, tuple[int, ...]]
     eval_every: int
     ito_log_every: int
@@ -40,15 +41,17 @@ PRESETS: dict[str, Preset] = {
         ito_steps={"known_dictionary": 20_000, "learn_both": 10_000},
         ito_lr={"known_dictionary": 1e-3, "learn_both": 3e-3},
         seeds=(0, 1, 2, 3, 4),
+        lr=1e-3,
         widths={"known_codes": (32, 256, 1024), "known_dictionary": (32, 256), "learn_both": (32, 256)},
         eval_every=200,
         ito_log_every=200,
     ),
     "quick": Preset(
-        steps={"known_codes": 1_500, "known_dictionary": 1_500, "learn_both": 3_000},
-        ito_steps={"known_dictionary": 1_500, "learn_both": 1_000},
+        steps={"known_codes": 2_000, "known_dictionary": 2_000, "learn_both": 4_000},
+        ito_steps={"known_dictionary": 2_000, "learn_both": 1_000},
         ito_lr={"known_dictionary": 1e-2, "learn_both": 1e-2},
         seeds=(0, 1),
+        lr=1e-2,  # 10x the protocol's rate so that 10x fewer steps reach a comparable point
         widths={"known_codes": (32, 256), "known_dictionary": (32, 256), "learn_both": (32, 256)},
         eval_every=100,
         ito_log_every=100,
@@ -135,7 +138,12 @@ def study_sweep(
         raise SparseInferError(f"unknown study target {target!r}; known targets: {', '.join(known)}")
     for method in methods:
         setting = method["setting"]
-        method["train"] = {"steps": preset.steps[setting], "eval_every": preset.eval_every, **method.get("train", {})}
+        method["train"] = {
+            "steps": preset.steps[setting],
+            "lr": preset.lr,
+            "eval_every": preset.eval_every,
+            **method.get("train", {}),
+        }
     return SweepConfig(base={"data": data}, methods=methods, seeds=list(seeds or preset.seeds))
 
 
