@@ -76,13 +76,21 @@ class Dictionary(nn.Module):
         if isinstance(codes, SparseCodes):
             if codes.n_latents != self.n_latents:
                 raise SparseInferError(f"codes have {codes.n_latents} latents, dictionary has {self.n_latents}")
+            if codes.indices.numel() and (int(codes.indices.min()) < 0 or int(codes.indices.max()) >= self.n_latents):
+                raise SparseInferError(f"sparse code indices must lie in [0, {self.n_latents})")
+            self._check_dtype(codes.values)
             gathered = self.atoms[codes.indices]  # (batch, k, dim)
             x_hat = torch.einsum("bk,bkd->bd", codes.values, gathered)
         else:
             if codes.ndim != 2 or codes.shape[1] != self.n_latents:
                 raise SparseInferError(f"codes must have shape (batch, {self.n_latents}), got {tuple(codes.shape)}")
+            self._check_dtype(codes)
             x_hat = codes @ self.atoms
         return x_hat if self.bias is None else x_hat + self.bias
+
+    def _check_dtype(self, values: Tensor) -> None:
+        if values.dtype != self.atoms.dtype:
+            raise SparseInferError(f"codes have dtype {values.dtype} but the dictionary has {self.atoms.dtype}")
 
     def forward(self, codes: Codes) -> Tensor:
         """Same as `decode`."""
@@ -94,7 +102,7 @@ class Dictionary(nn.Module):
 
     @torch.no_grad()
     def renormalise_(self) -> Dictionary:
-        """Rescale every atom to unit norm in place (after an optimiser step)."""
+        """Rescale every atom to unit norm in place (after an optimiser step); an all-zero atom stays zero."""
         self.atoms.div_(self.atoms.norm(dim=1, keepdim=True).clamp_min(1e-12))
         return self
 
@@ -132,7 +140,17 @@ class Dictionary(nn.Module):
             raise SparseInferError(f"corrupt dictionary file {path}: {err}") from None
         if "W_dec" not in tensors:
             raise SparseInferError(f"{path} has no 'W_dec' tensor (found {sorted(tensors)})")
-        return cls(tensors["W_dec"], bias=tensors.get("b_dec"), normalise=False)
+        atoms = tensors["W_dec"]
+        cfg_path = path.parent / CONFIG_FILE
+        if cfg_path.exists():
+            try:
+                cfg = json.loads(cfg_path.read_text())
+            except json.JSONDecodeError as err:
+                raise SparseInferError(f"corrupt {cfg_path}: {err}") from None
+            expected = (cfg.get("d_sae", atoms.shape[0]), cfg.get("d_in", atoms.shape[-1]))
+            if atoms.ndim != 2 or tuple(atoms.shape) != expected:
+                raise SparseInferError(f"{path}: W_dec has shape {tuple(atoms.shape)} but {cfg_path} says {expected}")
+        return cls(atoms, bias=tensors.get("b_dec"), normalise=False)
 
     def extra_repr(self) -> str:
         return f"n_latents={self.n_latents}, dim={self.dim}, bias={self.bias is not None}"

@@ -36,8 +36,11 @@ class Encoder(nn.Module):
         """FLOPs of one `forward` on `batch` signals (multiply-add = 2); iterative: iterations actually run."""
         raise NotImplementedError
 
-    def training_flops(self, batch: int, dim: int, n_latents: int) -> int:  # pragma: no cover
-        """FLOPs of forward + backward through the encoder for one training step (signals need no gradient)."""
+    def training_flops(self, batch: int, dim: int, n_latents: int, input_grad: bool = False) -> int:  # pragma: no cover
+        """FLOPs of forward + backward through the encoder for one training step.
+
+        `input_grad`: the encoder's input needs a gradient too (a learned dictionary bias is subtracted from x).
+        """
         raise NotImplementedError(f"encoder {self.name!r} is not trained by gradient steps")
 
     @property
@@ -48,6 +51,11 @@ class Encoder(nn.Module):
     def sparsity_penalty(self, codes: Tensor) -> Tensor | None:
         """An encoder-specific sparsity loss (e.g. JumpReLU's L0); None means use the regime's L1."""
         return None
+
+    @classmethod
+    def has_own_penalty(cls) -> bool:
+        """Whether the encoder replaces the regime's L1 term with its own `sparsity_penalty`."""
+        return cls.sparsity_penalty is not Encoder.sparsity_penalty
 
     def _check(self, x: Tensor, dictionary: Dictionary) -> None:
         check_signals(x, dictionary.dim, dictionary.atoms.dtype)

@@ -8,7 +8,7 @@ import torch
 from torch import Tensor
 from tqdm.auto import tqdm
 
-from sparseinfer.codes import as_dense
+from sparseinfer.codes import SparseCodes
 from sparseinfer.dictionary import Dictionary
 from sparseinfer.encoders.base import Encoder
 from sparseinfer.errors import SparseInferError
@@ -84,18 +84,19 @@ def fit(
     for step in tqdm(range(1, config.steps + 1), disable=not progress, desc=f"train {encoder.name}", leave=False):
         index = next(batches)
         xb = train_x if index is None else train_x[index]
-        codes = as_dense(encoder(xb, dictionary))
+        codes = encoder(xb, dictionary)
         if regime.supervised:
             cb = train_codes if index is None else train_codes[index]
             loss = regime.loss(xb, codes, None, config.l1, true_codes=cb)
         else:
-            penalty = encoder.sparsity_penalty(codes)
+            penalty = encoder.sparsity_penalty(codes) if encoder.has_own_penalty() else None
             loss = regime.loss(xb, codes, dictionary.decode(codes), config.l1, penalty=penalty)
         optimiser.zero_grad(set_to_none=True)
         loss.backward()
         optimiser.step()
         regime.after_step(dictionary)
-        flops += training_step_flops(encoder, dictionary, xb.shape[0], regime, n_params, learn_encoder)
+        sparse_k = codes.values.shape[1] if isinstance(codes, SparseCodes) else None
+        flops += training_step_flops(encoder, dictionary, xb.shape[0], regime, n_params, learn_encoder, sparse_k)
         if step % config.eval_every == 0 or step == config.steps:
             value = float(loss.detach())
             if not torch.isfinite(loss):

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
+from sparseinfer.codes import Codes, SparseCodes, as_dense
 from sparseinfer.errors import SparseInferError
 
 
@@ -27,8 +28,10 @@ def reconstruction_loss(x: Tensor, x_hat: Tensor) -> Tensor:
     return (x - x_hat).pow(2).mean()
 
 
-def l1_penalty(codes: Tensor) -> Tensor:
-    """Mean absolute code value over all elements (the study's sparsity term, times lambda)."""
+def l1_penalty(codes: Codes) -> Tensor:
+    """Mean absolute code value over all elements (the study's sparsity term, times lambda); sparse codes too."""
+    if isinstance(codes, SparseCodes):
+        return codes.values.abs().sum() / (codes.values.shape[0] * codes.n_latents)
     return codes.abs().mean()
 
 
@@ -45,7 +48,7 @@ class Regime:
     def loss(
         self,
         x: Tensor,
-        codes: Tensor,
+        codes: Codes,
         x_hat: Tensor | None,
         l1: float,
         true_codes: Tensor | None = None,
@@ -55,7 +58,7 @@ class Regime:
         if self.supervised:
             if true_codes is None:
                 raise SparseInferError(f"regime {self.name!r} needs the true codes of the training data")
-            return cosine_loss(true_codes, codes)
+            return cosine_loss(true_codes, as_dense(codes))
         assert x_hat is not None
         sparsity = penalty if penalty is not None else l1 * l1_penalty(codes)
         return reconstruction_loss(x, x_hat) + sparsity

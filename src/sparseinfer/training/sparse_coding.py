@@ -39,7 +39,7 @@ class CodeTable(Encoder):
     def inference_flops(self, batch: int, dim: int, n_latents: int) -> int:
         return elementwise(batch * n_latents).total  # exp
 
-    def training_flops(self, batch: int, dim: int, n_latents: int) -> int:
+    def training_flops(self, batch: int, dim: int, n_latents: int, input_grad: bool = False) -> int:
         return elementwise(batch * n_latents, 2).total  # exp forward, multiply by exp(u) backward
 
 
