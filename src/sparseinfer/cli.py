@@ -41,13 +41,24 @@ def infer(
     dictionary: Annotated[Path | None, typer.Option(help="dictionary folder/.safetensors/.npy (atoms as rows)")] = None,
     out: Annotated[Path | None, typer.Option(help="write the codes to this .safetensors file")] = None,
     dtype: Annotated[str, typer.Option(help="float32 or float64")] = "float32",
+    signed: Annotated[bool, typer.Option(help="synthetic codes with random signs (default: non-negative)")] = False,
 ) -> None:
     """Infer codes with one encoder on a synthetic problem (or your signals + dictionary) and print a table."""
     from sparseinfer.inference import infer_table, parse_params, run_inference
 
     report = run_inference(
-        encoder, parse_params(param or []), n_latents=n_latents, dim=dim, k=k, n_samples=n_samples, seed=seed,
-        signals=signals, dictionary=dictionary, out=out, dtype=dtype,
+        encoder,
+        parse_params(param or []),
+        n_latents=n_latents,
+        dim=dim,
+        k=k,
+        n_samples=n_samples,
+        seed=seed,
+        signals=signals,
+        dictionary=dictionary,
+        out=out,
+        dtype=dtype,
+        signed=signed,
     )
     console.print(infer_table(report))
 
@@ -104,23 +115,19 @@ def main() -> None:
     try:
         code = app(standalone_mode=False)
     except SparseInferError as err:
-        Console(stderr=True).print(f"[red]error:[/red] {err}", highlight=False)
+        print(f"error: {err}", file=sys.stderr)  # one line, never wrapped
         sys.exit(2)
     except KeyboardInterrupt:
-        Console(stderr=True).print("interrupted; rerun with --resume to continue where it stopped")
+        print("interrupted; rerun with --resume to continue where it stopped", file=sys.stderr)
         sys.exit(130)
-    except (typer.Exit, typer.Abort) as exc:  # pragma: no cover - typer control flow
-        sys.exit(getattr(exc, "exit_code", 1))
-    except Exception as exc:  # click usage errors
-        import click
-
-        if isinstance(exc, click.ClickException):
+    except Exception as exc:
+        if hasattr(exc, "show") and hasattr(exc, "exit_code"):  # click/typer usage errors (typer vendors click)
             exc.show()
             sys.exit(2)
         raise
     if isinstance(code, int) and code != 0:
         if code == 130:
-            Console(stderr=True).print("interrupted; rerun with --resume to continue where it stopped")
+            print("interrupted; rerun with --resume to continue where it stopped", file=sys.stderr)
         sys.exit(code)
 
 

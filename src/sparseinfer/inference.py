@@ -52,42 +52,54 @@ def parse_params(pairs: list[str]) -> dict[str, Any]:
     return out
 
 
-def load_array(path: Path, what: str) -> torch.Tensor:
-    """A 2-D float tensor from .npy (never unpickled) or .safetensors (a single tensor, or `W_dec` / `x`)."""
+def _read(path: Path, what: str) -> dict[str, torch.Tensor]:
+    """The tensors of a .npy (never unpickled; key "array") or .safetensors file, with one-line errors."""
     if not path.exists():
         raise SparseInferError(f"{what} file not found: {path}")
+    if path.suffix not in (".npy", ".safetensors"):
+        raise SparseInferError(f"{what} file must be .npy or .safetensors, got {path.name}")
     try:
         if path.suffix == ".npy":
-            tensor = torch.from_numpy(np.load(path, allow_pickle=False))
-        elif path.suffix == ".safetensors":
-            tensors = load_file(str(path))
-            keys = [k for k in ("W_dec", "x", "signals") if k in tensors] or list(tensors)
-            if len(keys) != 1 and not any(k in tensors for k in ("W_dec", "x", "signals")):
-                raise SparseInferError(f"{path} holds several tensors {sorted(tensors)}; expected one")
-            tensor = tensors[keys[0]]
-        else:
-            raise SparseInferError(f"{what} file must be .npy or .safetensors, got {path.name}")
+            return {"array": torch.from_numpy(np.load(path, allow_pickle=False))}
+        return load_file(str(path))
     except (ValueError, OSError, SafetensorError) as err:
-        if isinstance(err, SparseInferError):
-            raise
         raise SparseInferError(f"cannot read {what} file {path}: {err}") from None
+
+
+def _single(tensors: dict[str, torch.Tensor], path: Path, what: str, preferred: tuple[str, ...]) -> torch.Tensor:
+    """The one tensor of a file, or the first of `preferred` names it holds; a 2-D float array."""
+    names = [k for k in preferred if k in tensors] or list(tensors)
+    if len(names) != 1 and not any(k in tensors for k in preferred):
+        raise SparseInferError(f"{path} holds several tensors {sorted(tensors)}; expected one of {list(preferred)}")
+    tensor = tensors[names[0]]
     if tensor.ndim != 2 or not tensor.is_floating_point():
         raise SparseInferError(f"{what} in {path} must be a 2-D float array, got {tuple(tensor.shape)} {tensor.dtype}")
     return tensor
 
 
+def load_signals(path: Path) -> torch.Tensor:
+    """Signals (batch, dim) from a .npy file or a .safetensors file (its one tensor, or `x` / `signals`)."""
+    return _single(_read(path, "signals"), path, "signals", ("x", "signals"))
+
+
 def load_dictionary(path: Path) -> Dictionary:
-    """A dictionary from a saved folder, a .safetensors file with `W_dec`, or a .npy of atoms (rows)."""
-    if path.is_dir() or (path.suffix == ".safetensors" and path.exists() and "W_dec" in load_file(str(path))):
+    """A dictionary from a saved folder, a .safetensors file (`W_dec` [+ `b_dec`] or one tensor) or a .npy (rows)."""
+    if path.is_dir():
         return Dictionary.load(path)
-    return Dictionary.from_tensor(load_array(path, "dictionary"))
+    tensors = _read(path, "dictionary")
+    atoms = _single(tensors, path, "dictionary", ("W_dec",))
+    return Dictionary(atoms, bias=tensors.get("b_dec"), normalise="W_dec" not in tensors)
 
 
-def _with_k(name: str, params: dict[str, Any], k: int) -> dict[str, Any]:
-    """Fill an encoder's `k` from the problem's K when the user did not give it."""
-    if "k" in hyperparameters(name) and "k" not in params:
-        return {**params, "k": k}
-    return params
+def fill_from_problem(name: str, params: dict[str, Any], k: int, nonneg: bool) -> dict[str, Any]:
+    """Give an encoder the problem's K (`k`) and sign constraint (`nonneg`) unless the user set them."""
+    accepted = hyperparameters(name)
+    filled = dict(params)
+    if "k" in accepted and "k" not in params:
+        filled["k"] = k
+    if "nonneg" in accepted and "nonneg" not in params:
+        filled["nonneg"] = nonneg
+    return filled
 
 
 def run_inference(
@@ -103,8 +115,13 @@ def run_inference(
     dictionary: Path | None = None,
     out: Path | None = None,
     dtype: str = "float32",
+    signed: bool = False,
 ) -> InferenceReport:
-    """Infer codes with `encoder`; on synthetic data also score them against the truth (MCC, support, error)."""
+    """Infer codes with `encoder`; on synthetic data also score them against the truth (MCC, support, error).
+
+    The synthetic problem is the protocol's (non-negative codes unless `signed`); encoders that take `k` or `nonneg`
+    get the problem's values unless `params` sets them. With files, `nonneg` defaults to False.
+    """
     if dtype not in ("float32", "float64"):
         raise SparseInferError(f"dtype must be float32 or float64, got {dtype!r}")
     torch_dtype = getattr(torch, dtype)
@@ -112,12 +129,15 @@ def run_inference(
     if (signals is None) != (dictionary is None):
         raise SparseInferError("give both --signals and --dictionary, or neither (a synthetic problem)")
     if signals is None:
-        data = make_synthetic(n_latents=n_latents, dim=dim, k=k, n_train=1, n_test=n_samples, seed=seed, dtype=dtype)
+        data = make_synthetic(
+            n_latents=n_latents, dim=dim, k=k, n_train=1, n_test=n_samples, seed=seed, dtype=dtype, signed=signed
+        )
         x, dico, true_codes = data.test_x, data.dictionary, data.test_codes
     else:
         dico = load_dictionary(dictionary).to(torch_dtype)
-        x = load_array(signals, "signals").to(torch_dtype)
-    model = create(encoder, dim=dico.dim, n_latents=dico.n_latents, **_with_k(encoder, params, k))
+        x = load_signals(signals).to(torch_dtype)
+    nonneg = not signed and signals is None
+    model = create(encoder, dim=dico.dim, n_latents=dico.n_latents, **fill_from_problem(encoder, params, k, nonneg))
     model = model.to(torch_dtype).eval()
     start = time.perf_counter()
     with torch.no_grad():
@@ -136,8 +156,13 @@ def run_inference(
         save_file({"codes": codes.contiguous()}, str(out))
     diagnostics = getattr(model, "diagnostics", None) if isinstance(model, IterativeEncoder) else None
     return InferenceReport(
-        encoder=encoder, n_samples=x.shape[0], n_latents=dico.n_latents, dim=dico.dim,
-        flops=model.inference_flops(x.shape[0], dico.dim, dico.n_latents), seconds=seconds, metrics=metrics,
+        encoder=encoder,
+        n_samples=x.shape[0],
+        n_latents=dico.n_latents,
+        dim=dico.dim,
+        flops=model.inference_flops(x.shape[0], dico.dim, dico.n_latents),
+        seconds=seconds,
+        metrics=metrics,
         diagnostics=str(diagnostics) if diagnostics is not None else "",
     )
 

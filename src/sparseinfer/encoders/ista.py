@@ -27,7 +27,7 @@ class ISTAEncoder(ProximalEncoder):
 
     def __init__(
         self,
-        penalty: float = 0.1,
+        penalty: float = 0.01,
         max_iter: int = 1000,
         tol: float = 1e-5,
         nonneg: bool = False,
