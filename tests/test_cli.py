@@ -14,15 +14,24 @@ from safetensors.torch import load_file
 from sparseinfer.data.synthetic import make_synthetic
 
 STUDY_ENCODERS = {
-    "relu", "topk", "batch_topk", "jumprelu", "mlp", "ista", "fista", "lca", "omp", "matching_pursuit", "gradient",
-    "ito", "lista",
+    "relu",
+    "topk",
+    "batch_topk",
+    "jumprelu",
+    "mlp",
+    "ista",
+    "fista",
+    "lca",
+    "omp",
+    "matching_pursuit",
+    "gradient",
+    "ito",
+    "lista",
 }
 
 
 def cli(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, "-m", "sparseinfer.cli", *args], capture_output=True, text=True, timeout=300
-    )
+    return subprocess.run([sys.executable, "-m", "sparseinfer.cli", *args], capture_output=True, text=True, timeout=300)
 
 
 def metric(output: str, name: str) -> float:
@@ -57,8 +66,19 @@ def test_infer_from_files(tmp_path):
     data = make_synthetic(n_latents=12, dim=10, k=2, n_train=1, n_test=64, seed=1)
     np.save(tmp_path / "x.npy", data.test_x.numpy())
     np.save(tmp_path / "atoms.npy", data.dictionary.atoms.detach().numpy())
-    out = cli("infer", "--encoder", "omp", "--param", "k=2", "--signals", str(tmp_path / "x.npy"),
-              "--dictionary", str(tmp_path / "atoms.npy"), "--out", str(tmp_path / "codes.safetensors"))
+    out = cli(
+        "infer",
+        "--encoder",
+        "omp",
+        "--param",
+        "k=2",
+        "--signals",
+        str(tmp_path / "x.npy"),
+        "--dictionary",
+        str(tmp_path / "atoms.npy"),
+        "--out",
+        str(tmp_path / "codes.safetensors"),
+    )
     assert out.returncode == 0, out.stderr
     assert metric(out.stdout, "fvu") < 1e-3
     codes = load_file(str(tmp_path / "codes.safetensors"))["codes"]

@@ -69,10 +69,18 @@ def test_load_runs_errors(tmp_path):
     "raw",
     [
         {"setting": "known_codes", "method": "sae", "encoder": {"name": "relu"}},
-        {"setting": "known_dictionary", "method": "sae+ito", "encoder": {"name": "relu", "params": {"bias": False}},
-         "ito": {"steps": 40, "lr": 0.01, "log_every": 20}},
-        {"setting": "learn_both", "method": "sparse_coding", "kind": "sparse_coding",
-         "ito": {"steps": 40, "lr": 0.01, "start": "cold", "log_every": 20}},
+        {
+            "setting": "known_dictionary",
+            "method": "sae+ito",
+            "encoder": {"name": "relu", "params": {"bias": False}},
+            "ito": {"steps": 40, "lr": 0.01, "log_every": 20},
+        },
+        {
+            "setting": "learn_both",
+            "method": "sparse_coding",
+            "kind": "sparse_coding",
+            "ito": {"steps": 40, "lr": 0.01, "start": "cold", "log_every": 20},
+        },
         {"setting": "learn_both", "method": "fista", "encoder": {"name": "fista", "params": {"nonneg": True}}},
     ],
 )
@@ -98,8 +106,13 @@ def test_execute_writes_a_complete_run_folder(tmp_path, raw):
 
 
 def test_execute_is_reproducible(tmp_path):
-    raw = {"setting": "learn_both", "method": "sae", "encoder": {"name": "relu"}, "data": TINY,
-           "train": {"steps": 20, "eval_every": 10}}
+    raw = {
+        "setting": "learn_both",
+        "method": "sae",
+        "encoder": {"name": "relu"},
+        "data": TINY,
+        "train": {"steps": 20, "eval_every": 10},
+    }
     a = execute(raw, tmp_path / "a")
     b = execute(raw, tmp_path / "b")
     assert a["latent_mcc"] == b["latent_mcc"] and a["dict_mcc"] == b["dict_mcc"]
@@ -151,8 +164,18 @@ def test_run_study_end_to_end(tmp_path, monkeypatch):
     )
     monkeypatch.setitem(reproduce.PRESETS, "tiny", tiny)
     results = reproduce.run_study("all", "tiny", tmp_path, workers=1, progress=False)
-    assert {"setting", "method", "seed", "n_latents", "dim", "k", "latent_mcc", "dict_mcc", "train_flops",
-            "inference_flops"} <= set(results.columns)
+    assert {
+        "setting",
+        "method",
+        "seed",
+        "n_latents",
+        "dim",
+        "k",
+        "latent_mcc",
+        "dict_mcc",
+        "train_flops",
+        "inference_flops",
+    } <= set(results.columns)
     assert len(results) == 2 * (2 + 4 + 5)
     assert set(results.method) == {"sae", "mlp-8", "sae+ito", "sae+ito(cold)", "sparse_coding"}
     assert results[results.setting == "known_codes"].dict_mcc.isna().all()

@@ -91,8 +91,14 @@ def test_known_dictionary_training_improves_recovery(data):
     torch.manual_seed(0)
     enc = si.create("relu", dim=8, n_latents=16, bias=False)
     before = evaluate_synthetic(enc, dico, data, regime)["latent_mcc"]
-    history = fit(enc, dico, data.train_x, regime, TrainConfig(steps=600, lr=1e-2, eval_every=200),
-                  evaluate=lambda: evaluate_synthetic(enc, dico, data, regime))
+    history = fit(
+        enc,
+        dico,
+        data.train_x,
+        regime,
+        TrainConfig(steps=600, lr=1e-2, eval_every=200),
+        evaluate=lambda: evaluate_synthetic(enc, dico, data, regime),
+    )
     after = history[-1]["latent_mcc"]
     assert after > before + 0.1
     assert history[-1]["loss"] < history[1]["loss"]
@@ -103,8 +109,15 @@ def test_supervised_training_reaches_high_unmatched_mcc(data):
     regime = get_regime("known_codes")
     dico = si.Dictionary.from_tensor(data.dictionary.atoms.detach().clone())
     enc = si.create("mlp", dim=8, n_latents=16, hidden=[64])
-    history = fit(enc, dico, data.train_x, regime, TrainConfig(steps=400, lr=1e-2, eval_every=400),
-                  train_codes=data.train_codes, evaluate=lambda: evaluate_synthetic(enc, dico, data, regime))
+    history = fit(
+        enc,
+        dico,
+        data.train_x,
+        regime,
+        TrainConfig(steps=400, lr=1e-2, eval_every=400),
+        train_codes=data.train_codes,
+        evaluate=lambda: evaluate_synthetic(enc, dico, data, regime),
+    )
     assert history[-1]["latent_mcc"] > 0.8
     assert math.isnan(history[-1]["dict_mcc"])
 

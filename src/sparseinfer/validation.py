@@ -54,3 +54,10 @@ def check_k(k: int, n_latents: int, name: str = "k") -> int:
     if k > n_latents:
         raise SparseInferError(f"{name}={k} exceeds the number of latents N={n_latents}")
     return k
+
+
+def check_count(value: int, name: str) -> int:
+    """Require a positive integer (iterations, layers, intervals); booleans are not counts."""
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise SparseInferError(f"{name} must be a positive integer, got {value!r}")
+    return value

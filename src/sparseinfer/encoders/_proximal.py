@@ -16,7 +16,7 @@ from sparseinfer.encoders.base import Diagnostics, IterativeEncoder
 from sparseinfer.errors import SparseInferError
 from sparseinfer.flops import proximal as flops
 from sparseinfer.flops.primitives import Flops
-from sparseinfer.validation import check_finite, check_positive
+from sparseinfer.validation import check_count, check_finite, check_positive
 
 Iterates = Iterator[tuple[Tensor, Tensor]]
 
@@ -88,12 +88,6 @@ def run_until_converged(iterates: Iterates, max_iter: int, tol: float, check_eve
     raise AssertionError("iterates ended early")  # pragma: no cover - the generators are infinite
 
 
-def _check_count(value: int, name: str) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise SparseInferError(f"{name} must be a positive integer, got {value!r}")
-    return value
-
-
 class ProximalEncoder(IterativeEncoder):
     """Base of ista/fista/lca: validates hyperparameters, sets up the gradient step, runs the loop, debiases.
 
@@ -112,10 +106,10 @@ class ProximalEncoder(IterativeEncoder):
     ) -> None:
         super().__init__()
         self.penalty = float(check_positive(penalty, "penalty"))
-        self.max_iter = _check_count(max_iter, "max_iter")
+        self.max_iter = check_count(max_iter, "max_iter")
         self.tol = float(check_positive(tol, "tol", allow_zero=True))
         self.step_size = None if step_size is None else float(check_positive(step_size, "step_size"))
-        self.check_every = _check_count(check_every, "check_every")
+        self.check_every = check_count(check_every, "check_every")
         self.nonneg = bool(nonneg)
         self.debias = bool(debias)
         self._warm = False

@@ -25,13 +25,13 @@ from collections.abc import Callable
 import torch
 from torch import Tensor, nn
 
-from sparseinfer.encoders._proximal import _check_count, relative_change
+from sparseinfer.encoders._proximal import relative_change
 from sparseinfer.encoders._support import refit_with_sizes
 from sparseinfer.encoders.base import Diagnostics, IterativeEncoder, register
 from sparseinfer.errors import SparseInferError
 from sparseinfer.flops import optimisation, proximal
 from sparseinfer.flops.primitives import Flops
-from sparseinfer.validation import check_finite, check_positive
+from sparseinfer.validation import check_count, check_finite, check_positive
 
 StepCallback = Callable[[int, Tensor], None]
 OPTIMISERS = ("adam", "sgd")
@@ -91,7 +91,7 @@ class GradientEncoder(IterativeEncoder):
         self.optimiser = _choice(optimiser, OPTIMISERS, "optimiser")
         self.parameterisation = _choice(parameterisation, PARAMETERISATIONS, "parameterisation")
         self.lr = float(check_positive(lr, "lr"))
-        self.max_iter = _check_count(max_iter, "max_iter")
+        self.max_iter = check_count(max_iter, "max_iter")
         self.tol = float(check_positive(tol, "tol", allow_zero=True))
         self.penalty = float(check_positive(penalty, "penalty", allow_zero=True))
         if not math.isfinite(init_log):
@@ -100,7 +100,7 @@ class GradientEncoder(IterativeEncoder):
         self.eps = float(check_positive(eps, "eps"))
         self.debias = bool(debias)
         self.support_threshold = float(check_positive(support_threshold, "support_threshold", allow_zero=True))
-        self.log_every = _check_count(log_every, "log_every")
+        self.log_every = check_count(log_every, "log_every")
         self.on_step = on_step
         self._warm = False
         self._support_sizes: list[int] | None = None

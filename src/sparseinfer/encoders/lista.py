@@ -17,11 +17,11 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from sparseinfer.dictionary import Dictionary
-from sparseinfer.encoders._proximal import _check_count, lipschitz_constant
+from sparseinfer.encoders._proximal import lipschitz_constant
 from sparseinfer.encoders.base import Encoder, register
 from sparseinfer.errors import SparseInferError
 from sparseinfer.flops import optimisation
-from sparseinfer.validation import check_positive
+from sparseinfer.validation import check_count, check_positive
 
 
 def _inverse_softplus(value: float) -> float:
@@ -47,9 +47,9 @@ class LISTAEncoder(Encoder):
         threshold: float = 0.01,
     ) -> None:
         super().__init__()
-        self.n_layers = _check_count(n_layers, "n_layers")
-        _check_count(dim, "dim")
-        _check_count(n_latents, "n_latents")
+        self.n_layers = check_count(n_layers, "n_layers")
+        check_count(dim, "dim")
+        check_count(n_latents, "n_latents")
         check_positive(threshold, "threshold")
         self.nonneg = bool(nonneg)
         self.tied = bool(tied)
