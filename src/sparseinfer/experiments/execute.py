@@ -84,7 +84,11 @@ def _ito_phase(
     l1: float,
     after: dict[str, Any],
 ) -> Rows:
-    """Refine the test codes against the frozen dictionary by Adam on exp-parameterised codes, logging the curve."""
+    """Refine the test codes against the frozen dictionary by Adam on exp-parameterised codes, logging the curve.
+
+    A warm start puts the encoder's inactive latents at u = `init_log`, where the cold start puts every latent, so
+    the two differ only in what the encoder found (eps = exp(init_log) floors the warm-start codes).
+    """
     refiner = create(
         "gradient",
         penalty=l1,
@@ -93,6 +97,7 @@ def _ito_phase(
         tol=0.0,
         parameterisation="exp",
         init_log=ito.init_log,
+        eps=math.exp(ito.init_log),
         optimiser="adam",
         log_every=ito.log_every,
     )
