@@ -110,6 +110,96 @@ def report(results_dir: Annotated[Path, typer.Argument(help="folder holding resu
     console.print(f"[green]report written to {path}[/green]")
 
 
+@app.command()
+def harvest(
+    out: Annotated[Path, typer.Argument(help="store folder (one subfolder per hook point when several)")],
+    model: Annotated[str, typer.Option(help="smollm2-135m (built in), local HF folder, hub id")] = "smollm2-135m",
+    hook: Annotated[list[str] | None, typer.Option(help="hook point or glob, e.g. resid_pre.9 (repeatable)")] = None,
+    text: Annotated[str, typer.Option(help="shakespeare (built in), .txt/.md/.jsonl path, or hf:NAME")] = "shakespeare",
+    split: Annotated[str, typer.Option(help="train | test | all (every 10th document is test)")] = "train",
+    context_length: Annotated[int, typer.Option(min=2)] = 128,
+    contexts: Annotated[int, typer.Option(min=1, help="contexts to harvest")] = 256,
+    contexts_per_shard: Annotated[int, typer.Option(min=1)] = 64,
+    batch_size: Annotated[int, typer.Option(min=1, help="contexts per forward pass")] = 8,
+    dtype: Annotated[str, typer.Option(help="float32 | float16 | bfloat16 on disk")] = "float32",
+    cross_document: Annotated[bool, typer.Option(help="let contexts span document boundaries")] = True,
+    device: Annotated[str, typer.Option()] = "cpu",
+    resume: Annotated[bool, typer.Option(help="continue an interrupted harvest in OUT")] = True,
+) -> None:
+    """Run a language model over text and store activations at hook points as checksummed safetensors shards."""
+    from sparseinfer.data.activations import HarvestConfig
+    from sparseinfer.data.activations import harvest as run_harvest
+
+    cfg = HarvestConfig(
+        model, tuple(hook or ["resid_pre.9"]), text, split, context_length, contexts, contexts_per_shard, batch_size,
+        dtype, True, cross_document, device,
+    )  # fmt: skip
+    result = run_harvest(cfg, out, resume=resume)
+    for label, folder in result.stores.items():
+        console.print(f"{label}: {folder}")
+    console.print(f"{result.tokens} tokens in {result.seconds:.1f} s ({result.tokens_per_second:.0f} tokens/s)")
+
+
+@app.command()
+def train(
+    out: Annotated[Path, typer.Argument(help="run folder (checkpoints, weights, run.json)")],
+    store: Annotated[Path | None, typer.Option(help="activation store from `harvest`")] = None,
+    model: Annotated[str, typer.Option(help="without --store: train on the fly from this model")] = "smollm2-135m",
+    hook: Annotated[str, typer.Option(help="without --store: the hook point")] = "resid_pre.9",
+    text: Annotated[str, typer.Option(help="without --store: the text source")] = "shakespeare",
+    encoder: Annotated[str, typer.Option(help="registered encoder name")] = "relu",
+    param: Annotated[list[str] | None, typer.Option(help="encoder hyperparameter KEY=VALUE (repeatable)")] = None,
+    expansion: Annotated[int, typer.Option(min=1, help="n_latents = expansion x d_model (study: 22)")] = 8,
+    steps: Annotated[int, typer.Option(min=1)] = 1000,
+    batch_size: Annotated[int, typer.Option(min=1, help="tokens per step")] = 1024,
+    lr: Annotated[float, typer.Option()] = 1e-3,
+    l1: Annotated[float, typer.Option(help="lambda in ||x - x_hat||^2 + lambda sum|s| (normalised x)")] = 5.0,
+    seed: Annotated[int, typer.Option()] = 0,
+    device: Annotated[str, typer.Option()] = "cpu",
+    resume: Annotated[bool, typer.Option(help="continue from OUT/checkpoint.pt")] = True,
+) -> None:
+    """Train an encoder and a dictionary (learn_both) on a store, or on the fly from a model when no --store."""
+    from sparseinfer.activations_training import LMTrainConfig, train_from_store
+    from sparseinfer.activations_training import train_on_the_fly as run_on_the_fly
+    from sparseinfer.inference import parse_params
+
+    cfg = LMTrainConfig(
+        encoder=encoder, hparams=parse_params(param or []), expansion=expansion, steps=steps,
+        batch_size=batch_size, lr=lr, l1=l1, seed=seed,
+    )  # fmt: skip
+    if store is not None:
+        info = train_from_store(cfg, store, out, device=device, resume=resume)
+    else:
+        from sparseinfer.data.activations import HarvestConfig
+
+        harvest_cfg = HarvestConfig(model, (hook,), text, n_contexts=10**9, device=device)
+        info = run_on_the_fly(cfg, harvest_cfg, out, device=device, resume=resume)
+    last = info["history"][-1]
+    console.print(
+        f"{encoder}: fvu {last['fvu']:.4f}, l0 {last['l0']:.1f}, dead {last['dead_fraction']:.3f} "
+        f"({info['tokens_per_second']:.0f} tokens/s) -> {out}"
+    )
+
+
+@app.command()
+def evaluate(
+    runs: Annotated[list[Path], typer.Argument(help="run folders from `train`")],
+    store: Annotated[Path, typer.Option(help="held-out store (harvest --split test)")],
+    out: Annotated[Path | None, typer.Option(help="write comparison.parquet and frontier.png here")] = None,
+    tokens: Annotated[int, typer.Option(min=1, help="held-out tokens for FVU / L0")] = 16_384,
+    contexts: Annotated[int, typer.Option(min=0, help="held-out contexts for the downstream loss (0: skip)")] = 16,
+    infer_with: Annotated[str | None, typer.Option(help="also run this encoder on each learned dictionary")] = None,
+    param: Annotated[list[str] | None, typer.Option(help="--infer-with hyperparameter KEY=VALUE")] = None,
+    device: Annotated[str, typer.Option()] = "cpu",
+) -> None:
+    """FVU, L0, dead/dense latents and downstream loss (CE, loss recovered, KL) of trained runs; one table."""
+    from sparseinfer.activations_evaluate import comparison_table, evaluate_runs, rich_table
+    from sparseinfer.inference import parse_params
+
+    rows = evaluate_runs(runs, store, tokens, contexts, infer_with, parse_params(param or []), device)
+    console.print(rich_table(comparison_table(rows, out)))
+
+
 def main() -> None:
     """Entry point: one-line errors with exit code 2 for bad input; Ctrl-C exits with 130."""
     try:

@@ -208,7 +208,18 @@ def run_study(
     seeds: list[int] | None = None,
     progress: bool = True,
 ) -> pd.DataFrame:
-    """Expand, run (resumably) and report the study: `out/results.parquet`, `out/report.md`, `out/figures/`."""
+    """Expand, run (resumably) and report the study: `out/results.parquet`, `out/report.md`, `out/figures/`.
+
+    Targets "scaling" and "theory" are the sweep over (N, M, K) and the theory checks (see `scaling.py` and
+    `theory_study.py`)."""
+    if target == "scaling":
+        from sparseinfer.experiments.scaling import run_scaling
+
+        return run_scaling(preset, Path(out), workers=workers, resume=resume, seeds=seeds, progress=progress)
+    if target == "theory":
+        from sparseinfer.experiments.theory_study import run_theory
+
+        return run_theory(preset, Path(out), workers=workers, resume=resume, seeds=seeds, progress=progress)
     runs = study_sweep(target, preset, encoders, seeds).expand()
     specs = [RunSpec(run.run_id(), run.model_dump(mode="json")) for run in runs]
     out = Path(out)

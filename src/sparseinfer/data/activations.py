@@ -1,0 +1,170 @@
+"""Harvest language-model activations into activation stores (one per hook point), resumably, or on the fly."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from itertools import islice
+from pathlib import Path
+from typing import Any
+
+import torch
+from tqdm.auto import tqdm
+
+from sparseinfer.data.store import ActivationStore, Manifest
+from sparseinfer.errors import SparseInferError
+from sparseinfer.lm.hooks import HookPoint, capture, resolve_hook_points
+from sparseinfer.lm.model import DEFAULT_MODEL, load_model
+from sparseinfer.lm.text import DEFAULT_CORPUS, iter_documents, tokenise_contexts
+
+_DTYPES = ("float32", "float16", "bfloat16")
+
+
+@dataclass(frozen=True)
+class HarvestConfig:
+    """What to harvest: model, hook patterns, text, contexts, shard size, storage dtype, device."""
+
+    model: str = DEFAULT_MODEL
+    hooks: tuple[str, ...] = ("resid_pre.9",)
+    text: str = DEFAULT_CORPUS
+    split: str = "train"
+    context_length: int = 128
+    n_contexts: int = 256
+    contexts_per_shard: int = 64
+    batch_size: int = 8
+    dtype: str = "float32"
+    bos: bool = True
+    cross_document: bool = True
+    device: str = "cpu"
+
+    def text_settings(self) -> dict[str, Any]:
+        """The text part of a store's identity (a resumed harvest must use the same)."""
+        return {"source": self.text, "split": self.split, "cross_document": self.cross_document}
+
+
+@dataclass(frozen=True)
+class HarvestResult:
+    """Where the stores went and how fast harvesting ran."""
+
+    stores: dict[str, Path]
+    tokens: int
+    seconds: float
+
+    @property
+    def tokens_per_second(self) -> float:
+        """Tokens through the model per wall-clock second (this call only)."""
+        return self.tokens / self.seconds if self.seconds > 0 else float("nan")
+
+
+def contexts_for(config: HarvestConfig, tokenizer: Any) -> Iterator[torch.Tensor]:
+    """The deterministic sequence of context rows a harvest (or an on-the-fly reader) consumes."""
+    docs = iter_documents(config.text, split=config.split)
+    return tokenise_contexts(
+        docs, tokenizer, config.context_length, config.bos, config.cross_document, config.n_contexts
+    )
+
+
+def store_folder(out: Path, point: HookPoint, several: bool) -> Path:
+    """`out` itself for one hook point; `out/<label>` per point when harvesting several."""
+    return out / point.label.replace(":", "-") if several else out
+
+
+def harvest(
+    config: HarvestConfig,
+    out: str | Path,
+    resume: bool = True,
+    progress: bool = True,
+    model: tuple[torch.nn.Module, Any] | None = None,
+) -> HarvestResult:
+    """Run the model over `config.n_contexts` contexts and write each hook point's activations to a sharded store.
+
+    Resuming skips the contexts already stored (the context sequence is deterministic), so an interrupted harvest
+    continues where it stopped.
+    """
+    if config.dtype not in _DTYPES:
+        raise SparseInferError(f"dtype must be one of {_DTYPES}, got {config.dtype!r}")
+    if config.n_contexts < 1 or config.contexts_per_shard < 1 or config.batch_size < 1:
+        raise SparseInferError("n_contexts, contexts_per_shard and batch_size must be at least 1")
+    lm, tokenizer = model if model is not None else load_model(config.model, config.device)
+    points = resolve_hook_points(lm, list(config.hooks))
+    out = Path(out)
+    stores = {}
+    for p in points:
+        dim = _width(lm, tokenizer, p, config)
+        manifest = Manifest(
+            config.model, p.label, config.dtype, dim, config.context_length, config.bos, config.text_settings()
+        )
+        stores[p] = ActivationStore.create(store_folder(out, p, len(points) > 1), manifest, resume=resume)
+    done = min(s.manifest.n_contexts for s in stores.values())
+    if any(s.manifest.n_contexts != done for s in stores.values()):
+        raise SparseInferError("the stores of this harvest hold different numbers of contexts; delete and rerun")
+    todo = config.n_contexts - done
+    rows = islice(contexts_for(config, tokenizer), done, None)
+    bar = tqdm(total=todo * config.context_length, unit="tok", unit_scale=True, disable=not progress, desc="harvest")
+    start, tokens = time.perf_counter(), 0
+    buffers: dict[HookPoint, list[torch.Tensor]] = {p: [] for p in points}
+    ids_buffer: list[torch.Tensor] = []
+    while True:
+        batch = list(islice(rows, config.batch_size))
+        if batch:
+            ids = torch.stack(batch).to(config.device)
+            acts = capture(lm, ids, points)
+            for p in points:
+                buffers[p].append(acts[p].to("cpu", getattr(torch, config.dtype)))
+            ids_buffer.append(ids.cpu())
+            tokens += ids.numel()
+            bar.update(ids.numel())
+            bar.set_postfix(tok_s=f"{tokens / (time.perf_counter() - start):.0f}")
+        buffered = sum(t.shape[0] for t in ids_buffer)
+        if buffered >= config.contexts_per_shard or (not batch and buffered):
+            _flush(stores, buffers, ids_buffer, config.contexts_per_shard)
+        if not batch and not ids_buffer:
+            break
+    bar.close()
+    stored = min(s.manifest.n_contexts for s in stores.values())
+    if stored < config.n_contexts:
+        bar.write(f"text ran out: stored {stored} of {config.n_contexts} contexts")
+    for s in stores.values():
+        s.finish()
+    return HarvestResult({p.label: s.folder for p, s in stores.items()}, tokens, time.perf_counter() - start)
+
+
+def _flush(stores: dict, buffers: dict, ids_buffer: list[torch.Tensor], per_shard: int) -> None:
+    """Write one shard per store from the buffers, keeping any overflow for the next shard."""
+    ids = torch.cat(ids_buffer)
+    ids_buffer[:] = [ids[per_shard:]] if ids.shape[0] > per_shard else []
+    for p, store in stores.items():
+        acts = torch.cat(buffers[p])
+        store.append(acts[:per_shard], ids[:per_shard])
+        buffers[p] = [acts[per_shard:]] if acts.shape[0] > per_shard else []
+
+
+def _width(lm: torch.nn.Module, tokenizer: Any, point: HookPoint, config: HarvestConfig) -> int:
+    """The activation width at `point`, from one tiny forward pass."""
+    sep = tokenizer.bos_token_id if tokenizer.bos_token_id is not None else tokenizer.eos_token_id
+    probe = torch.full((1, 2), sep or 0, dtype=torch.long, device=config.device)
+    return int(capture(lm, probe, [point])[point].shape[-1])
+
+
+def on_the_fly(
+    config: HarvestConfig, batch_size: int, model: tuple[torch.nn.Module, Any] | None = None, skip_bos: bool = True
+) -> Iterator[torch.Tensor]:
+    """Token-activation batches (batch_size, dim) straight from the model, no store (one hook point; not shuffled
+    across contexts beyond one model batch). Stops when the contexts run out."""
+    lm, tokenizer = model if model is not None else load_model(config.model, config.device)
+    points = resolve_hook_points(lm, list(config.hooks))
+    if len(points) != 1:
+        raise SparseInferError(f"on-the-fly training needs exactly one hook point, {config.hooks} gives {len(points)}")
+    rows = contexts_for(config, tokenizer)
+    carry = None
+    while batch := list(islice(rows, config.batch_size)):
+        acts = capture(lm, torch.stack(batch).to(config.device), points)[points[0]]
+        acts = acts[:, 1:] if skip_bos and config.bos else acts
+        flat = acts.reshape(-1, acts.shape[-1]).float()
+        flat = flat[torch.randperm(flat.shape[0], device=flat.device)]
+        flat = flat if carry is None else torch.cat([carry, flat])
+        n_full = flat.shape[0] // batch_size * batch_size
+        if n_full:
+            yield from flat[:n_full].split(batch_size)
+        carry = flat[n_full:]

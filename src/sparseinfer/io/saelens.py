@@ -1,0 +1,136 @@
+"""SAELens v6 layout: a folder with `cfg.json` and `sae_weights.safetensors`.
+
+Weights: `W_enc` (d_in, d_sae), `b_enc` (d_sae), `W_dec` (d_sae, d_in), `b_dec` (d_in), plus `threshold` (d_sae)
+for JumpReLU (older files store `log_threshold`). Config: `architecture` ("standard" = ReLU, "topk" with `k` and
+`rescale_acts_by_decoder_norm`, "jumprelu"), `apply_b_dec_to_input`, `normalize_activations` (only "none" is
+supported: the others change the input scale at run time), `dtype`, `metadata`.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from safetensors.torch import save_file
+
+from sparseinfer.dictionary import Dictionary
+from sparseinfer.encoders.base import Encoder
+from sparseinfer.errors import SparseInferError
+from sparseinfer.io._common import (
+    LoadedSAE,
+    RawSAE,
+    check_shapes,
+    dtype_name,
+    from_pair,
+    parse_dtype,
+    read_json,
+    read_tensors,
+    to_pair,
+)
+
+CONFIG_FILE = "cfg.json"
+WEIGHTS_FILE = "sae_weights.safetensors"
+ARCHITECTURES = {"standard": "relu", "topk": "topk", "jumprelu": "jumprelu"}
+FORMAT_VERSION = "6.0.0"  # the SAELens config layout these files follow (read by SAELens' version check)
+
+
+def is_saelens(folder: Path) -> bool:
+    """Whether `folder` looks like an SAELens SAE."""
+    return (Path(folder) / WEIGHTS_FILE).exists()
+
+
+def load_saelens(folder: str | Path, fold: bool = True) -> LoadedSAE:
+    """Read an SAELens v6 SAE folder as our encoder + dictionary, with the same codes and reconstructions."""
+    folder = Path(folder)
+    cfg = read_json(folder / CONFIG_FILE)
+    where = str(folder)
+    arch = cfg.get("architecture", "standard")
+    if arch not in ARCHITECTURES:
+        raise SparseInferError(f"{where}: unsupported SAELens architecture {arch!r}; supported: {list(ARCHITECTURES)}")
+    norm = cfg.get("normalize_activations", "none")
+    if norm != "none":
+        raise SparseInferError(
+            f"{where}: normalize_activations={norm!r} is not supported (only 'none'); fold the scaling into the "
+            "weights first (SAELens: fold_activation_norm_scaling_factor)"
+        )
+    if cfg.get("reshape_activations", "none") != "none":
+        raise SparseInferError(f"{where}: reshape_activations={cfg['reshape_activations']!r} is not supported")
+    tensors = read_tensors(folder / WEIGHTS_FILE, ("W_enc", "b_enc", "W_dec", "b_dec"))
+    dtype = parse_dtype(cfg.get("dtype", "float32"), where)
+    t = {name: value.to(dtype) for name, value in tensors.items()}
+    threshold = None
+    if arch == "jumprelu":
+        if "threshold" in t:
+            threshold = t["threshold"]
+        elif "log_threshold" in t:
+            threshold = t["log_threshold"].exp()
+        else:
+            raise SparseInferError(f"{where}: a JumpReLU SAE needs a 'threshold' tensor")
+    raw = RawSAE(
+        activation=ARCHITECTURES[arch],
+        weight=t["W_enc"].T.contiguous(),
+        bias=t["b_enc"],
+        W_dec=t["W_dec"],
+        b_dec=t["b_dec"],
+        subtract_bias=bool(cfg.get("apply_b_dec_to_input", True)),
+        k=_k(cfg, where) if arch == "topk" else None,
+        threshold=threshold,
+    )
+    check_shapes(raw, where)
+    if arch == "topk" and cfg.get("rescale_acts_by_decoder_norm", False):
+        raw = _fold_topk_rescale(raw)
+    encoder, dictionary, folded = to_pair(raw, fold=fold)
+    return LoadedSAE(encoder, dictionary, "saelens", folded, dict(cfg.get("metadata") or {}))
+
+
+def _k(cfg: dict[str, Any], where: str) -> int:
+    k = cfg.get("k")
+    if not isinstance(k, int) or k < 1 or k > int(cfg.get("d_sae", k)):
+        raise SparseInferError(f"{where}: a TopK SAE needs an integer k in [1, d_sae], got {k!r}")
+    return k
+
+
+def _fold_topk_rescale(raw: RawSAE) -> RawSAE:
+    """`rescale_acts_by_decoder_norm`: TopK selects on pre * ||W_dec_i|| and decodes with W_dec_i / ||W_dec_i||,
+    which is exactly a TopK SAE with unit-norm atoms and encoder rows scaled by the norms."""
+    norms = raw.W_dec.norm(dim=1)
+    return RawSAE(
+        activation="topk",
+        weight=raw.weight * norms[:, None],
+        bias=raw.bias * norms,
+        W_dec=raw.W_dec / norms[:, None],
+        b_dec=raw.b_dec,
+        subtract_bias=raw.subtract_bias,
+        k=raw.k,
+    )
+
+
+def save_saelens(
+    encoder: Encoder, dictionary: Dictionary, folder: str | Path, metadata: dict[str, Any] | None = None
+) -> Path:
+    """Write `encoder` (relu, topk or jumprelu) and `dictionary` as an SAELens v6 folder that `SAE.load_from_disk`
+    reads. `metadata` (e.g. model_name, hook_name) goes into the config's metadata block."""
+    raw = from_pair(encoder, dictionary)
+    arch = {v: k for k, v in ARCHITECTURES.items()}[raw.activation]
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    tensors = {"W_enc": raw.weight.T.contiguous(), "b_enc": raw.bias, "W_dec": raw.W_dec, "b_dec": raw.b_dec}
+    if raw.threshold is not None:
+        tensors["threshold"] = raw.threshold
+    save_file({k: v.cpu() for k, v in tensors.items()}, str(folder / WEIGHTS_FILE))
+    cfg: dict[str, Any] = {
+        "architecture": arch,
+        "d_in": dictionary.dim,
+        "d_sae": dictionary.n_latents,
+        "dtype": dtype_name(dictionary.atoms.dtype),
+        "device": "cpu",
+        "apply_b_dec_to_input": raw.subtract_bias,
+        "normalize_activations": "none",
+        "reshape_activations": "none",
+        "metadata": {"sae_lens_version": FORMAT_VERSION, "written_by": "sparseinfer", **(metadata or {})},
+    }
+    if raw.k is not None:
+        cfg |= {"k": raw.k, "rescale_acts_by_decoder_norm": False}
+    (folder / CONFIG_FILE).write_text(json.dumps(cfg, indent=2))
+    return folder

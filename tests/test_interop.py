@@ -1,0 +1,239 @@
+"""SAE files both ways against the real libraries: SAELens (`SAE.load_from_disk`, `save_model`) and EleutherAI
+sparsify (`SparseCoder.load_from_disk`, `save_to_disk`). Each test builds an SAE with random weights, non-unit
+decoder norms and non-zero biases, and compares codes and reconstructions on the same inputs."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from sparseinfer import Dictionary, SparseInferError, create
+from sparseinfer.io import load_sae, load_saelens, load_sparsify, save_native, save_saelens, save_sparsify
+
+saelens = pytest.importorskip("sae_lens")
+sparsify = pytest.importorskip("sparsify")
+
+D_IN, D_SAE, K = 12, 40, 5
+TOL = dict(rtol=1e-5, atol=1e-5)
+
+
+def _inputs(seed: int = 0, n: int = 64) -> torch.Tensor:
+    return torch.randn(n, D_IN, generator=torch.Generator().manual_seed(seed)) * 2 + 0.5
+
+
+def _randomise(params: dict[str, torch.Tensor], seed: int) -> None:
+    gen = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, p in params.items():
+            p.copy_(torch.randn(p.shape, generator=gen) * 0.5)
+            if name == "W_dec":  # decoder rows with norms far from 1
+                p.mul_(torch.rand(p.shape[0], 1, generator=gen) * 3 + 0.2)
+            if name == "threshold":
+                p.copy_(torch.rand(p.shape, generator=gen) * 0.5)
+
+
+def _saelens_sae(arch: str, apply_b_dec: bool = True, rescale: bool = False, seed: int = 0):
+    from sae_lens import JumpReLUSAE, JumpReLUSAEConfig, StandardSAE, StandardSAEConfig, TopKSAE, TopKSAEConfig
+
+    common = dict(d_in=D_IN, d_sae=D_SAE, apply_b_dec_to_input=apply_b_dec)
+    if arch == "standard":
+        sae = StandardSAE(StandardSAEConfig(**common))
+    elif arch == "topk":
+        sae = TopKSAE(TopKSAEConfig(k=K, rescale_acts_by_decoder_norm=rescale, **common))
+    else:
+        sae = JumpReLUSAE(JumpReLUSAEConfig(**common))
+    _randomise(dict(sae.named_parameters()), seed)
+    return sae.eval()
+
+
+def _sparsify_sae(seed: int = 0):
+    from sparsify import SparseCoder, SparseCoderConfig
+
+    sae = SparseCoder(D_IN, SparseCoderConfig(num_latents=D_SAE, k=K))
+    params = dict(sae.named_parameters())
+    _randomise({"W_dec" if n == "W_dec" else n: p for n, p in params.items()}, seed)
+    return sae.eval()
+
+
+def _sparsify_codes(sae, x: torch.Tensor) -> torch.Tensor:
+    out = sae.encode(x)
+    return torch.zeros(x.shape[0], D_SAE).scatter(1, out.top_indices, out.top_acts)
+
+
+@pytest.mark.parametrize(
+    ("arch", "apply_b_dec", "rescale"),
+    [
+        ("standard", True, False),
+        ("standard", False, False),
+        ("topk", True, False),
+        ("topk", True, True),
+        ("jumprelu", True, False),
+        ("jumprelu", False, False),
+    ],
+)
+def test_saelens_to_ours_same_outputs(tmp_path, arch: str, apply_b_dec: bool, rescale: bool) -> None:
+    sae = _saelens_sae(arch, apply_b_dec, rescale)
+    sae.save_model(tmp_path)
+    loaded = load_saelens(tmp_path)
+    x = _inputs()
+    with torch.no_grad():
+        theirs_codes, theirs_recon = sae.encode(x), sae.decode(sae.encode(x))
+    assert (theirs_codes != 0).float().sum(1).mean() > 1  # a non-trivial test: codes are active
+    ours_recon = loaded.reconstruct(x)
+    torch.testing.assert_close(ours_recon, theirs_recon, **TOL)
+    # codes match after the fold: our codes are theirs times the decoder norms (unit atoms)
+    norms = sae.W_dec.detach().norm(dim=1)
+    scale = norms if loaded.folded and not torch.allclose(norms, torch.ones_like(norms)) else torch.ones_like(norms)
+    if arch == "topk" and rescale:
+        scale = torch.ones_like(norms)  # SAELens' own codes are already on the unit-norm scale
+    torch.testing.assert_close(loaded.encode(x), theirs_codes * scale, **TOL)
+    assert torch.allclose(loaded.dictionary.atoms.norm(dim=1), torch.ones(D_SAE), atol=1e-5) == loaded.folded
+
+
+def test_topk_with_non_unit_norms_keeps_atoms(tmp_path) -> None:
+    """TopK selection is not invariant to per-latent scaling, so such SAEs load unfolded, outputs exact."""
+    sae = _saelens_sae("topk")
+    sae.save_model(tmp_path)
+    loaded = load_saelens(tmp_path)
+    assert not loaded.folded
+    torch.testing.assert_close(loaded.dictionary.atoms, sae.W_dec.detach())
+
+
+@pytest.mark.parametrize(("name", "params"), [("relu", {}), ("topk", {"k": K}), ("jumprelu", {"threshold_init": 0.2})])
+@pytest.mark.parametrize("subtract_bias", [True, False])
+def test_ours_to_saelens_same_outputs(tmp_path, name: str, params: dict, subtract_bias: bool) -> None:
+    from sae_lens import SAE
+
+    torch.manual_seed(1)
+    dictionary = Dictionary.random(D_SAE, D_IN, seed=1, bias=True)
+    with torch.no_grad():
+        dictionary.bias.normal_()
+    encoder = create(name, dim=D_IN, n_latents=D_SAE, subtract_bias=subtract_bias, **params).eval()
+    with torch.no_grad():
+        encoder.linear.bias.normal_(0.0, 0.3)
+    save_saelens(encoder, dictionary, tmp_path, metadata={"hook_name": "blocks.0.hook_resid_post"})
+    sae = SAE.load_from_disk(tmp_path)
+    assert sae.cfg.metadata.hook_name == "blocks.0.hook_resid_post"
+    x = _inputs(2)
+    with torch.no_grad():
+        ours = encoder(x, dictionary)
+        ours = ours if isinstance(ours, torch.Tensor) else ours.to_dense()
+        torch.testing.assert_close(sae.encode(x), ours, **TOL)
+        torch.testing.assert_close(sae(x), dictionary.decode(ours), **TOL)
+    assert (ours != 0).float().sum(1).mean() > 1
+
+
+def test_sparsify_to_ours_same_outputs(tmp_path) -> None:
+    sae = _sparsify_sae()
+    sae.save_to_disk(tmp_path / "layers.3")
+    loaded = load_sae(tmp_path, hookpoint="layers.3")
+    x = _inputs(3)
+    with torch.no_grad():
+        out = sae.encode(x)
+        theirs_recon = sae.decode(out.top_acts, out.top_indices)
+    assert loaded.source == "sparsify" and not loaded.folded  # TopK with non-unit decoder rows
+    torch.testing.assert_close(loaded.encode(x), _sparsify_codes(sae, x), **TOL)
+    torch.testing.assert_close(loaded.reconstruct(x), theirs_recon, **TOL)
+
+
+def test_sparsify_unit_norm_decoder_is_folded(tmp_path) -> None:
+    sae = _sparsify_sae(4)
+    sae.set_decoder_norm_to_unit_norm()
+    sae.save_to_disk(tmp_path)
+    loaded = load_sparsify(tmp_path)
+    assert loaded.folded
+    x = _inputs(4)
+    with torch.no_grad():
+        out = sae.encode(x)
+        torch.testing.assert_close(loaded.reconstruct(x), sae.decode(out.top_acts, out.top_indices), **TOL)
+
+
+def test_ours_to_sparsify_same_outputs(tmp_path) -> None:
+    from sparsify import SparseCoder
+
+    dictionary = Dictionary.random(D_SAE, D_IN, seed=5, bias=True)
+    with torch.no_grad():
+        dictionary.bias.normal_()
+    encoder = create("topk", dim=D_IN, n_latents=D_SAE, k=K).eval()
+    save_sparsify(encoder, dictionary, tmp_path)
+    sae = SparseCoder.load_from_disk(tmp_path)
+    x = _inputs(5)
+    with torch.no_grad():
+        ours = encoder(x, dictionary)
+        torch.testing.assert_close(_sparsify_codes(sae, x), ours, **TOL)
+        out = sae.encode(x)
+        torch.testing.assert_close(sae.decode(out.top_acts, out.top_indices), dictionary.decode(ours), **TOL)
+
+
+@pytest.mark.parametrize(
+    ("name", "params"),
+    [("relu", {"bias": False}), ("topk", {"k": 4}), ("jumprelu", {}), ("fista", {"penalty": 0.05}), ("omp", {"k": 3})],
+)
+def test_native_round_trip(tmp_path, name: str, params: dict) -> None:
+    dictionary = Dictionary.random(D_SAE, D_IN, seed=6, bias=True)
+    encoder = create(name, dim=D_IN, n_latents=D_SAE, **params).eval()
+    save_native(encoder, dictionary, tmp_path)
+    assert not list(tmp_path.glob("*.pt")) and not list(tmp_path.glob("*.pkl"))
+    loaded = load_sae(tmp_path)
+    assert type(loaded.encoder) is type(encoder)
+    x = _inputs(6)
+    with torch.no_grad():
+        expected = encoder(x, dictionary)
+        expected = expected if isinstance(expected, torch.Tensor) else expected.to_dense()
+    torch.testing.assert_close(loaded.encode(x), expected)
+    torch.testing.assert_close(loaded.dictionary.atoms, dictionary.atoms)
+
+
+def _edit_cfg(folder, **changes) -> None:
+    path = folder / "cfg.json"
+    path.write_text(json.dumps({**json.loads(path.read_text()), **changes}))
+
+
+@pytest.mark.parametrize(
+    ("changes", "message"),
+    [
+        ({"normalize_activations": "layer_norm"}, "normalize_activations"),
+        ({"architecture": "gated"}, "unsupported SAELens architecture"),
+        ({"k": 0}, "k"),
+    ],
+)
+def test_saelens_unsupported_configs(tmp_path, changes: dict, message: str) -> None:
+    _saelens_sae("topk").save_model(tmp_path)
+    _edit_cfg(tmp_path, **changes)
+    with pytest.raises(SparseInferError, match=message):
+        load_saelens(tmp_path)
+
+
+@pytest.mark.parametrize(
+    ("changes", "message"),
+    [({"activation": "groupmax"}, "groupmax"), ({"transcode": True}, "transcode"), ({"k": 999}, "k must be")],
+)
+def test_sparsify_unsupported_configs(tmp_path, changes: dict, message: str) -> None:
+    _sparsify_sae().save_to_disk(tmp_path)
+    _edit_cfg(tmp_path, **changes)
+    with pytest.raises(SparseInferError, match=message):
+        load_sparsify(tmp_path)
+
+
+def test_bad_files_and_encoders(tmp_path) -> None:
+    dictionary = Dictionary.random(D_SAE, D_IN, seed=0)
+    with pytest.raises(SparseInferError, match="only SAE encoders"):
+        save_saelens(create("fista"), dictionary, tmp_path / "a")
+    with pytest.raises(SparseInferError, match="TopK"):
+        save_sparsify(create("relu", dim=D_IN, n_latents=D_SAE), dictionary, tmp_path / "b")
+    with pytest.raises(SparseInferError, match="dim=5"):
+        save_saelens(create("relu", dim=5, n_latents=D_SAE), dictionary, tmp_path / "c")
+    with pytest.raises(SparseInferError, match="no known SAE layout"):
+        load_sae(tmp_path)
+    sae = _saelens_sae("jumprelu")
+    sae.save_model(tmp_path / "j")
+    (tmp_path / "j" / "sae_weights.safetensors").write_bytes(b"garbage")
+    with pytest.raises(SparseInferError, match="corrupt weights"):
+        load_sae(tmp_path / "j")
+    (tmp_path / "k").mkdir()
+    (tmp_path / "k" / "sae.safetensors").write_bytes(b"")
+    (tmp_path / "k" / "cfg.json").write_text("{not json")
+    with pytest.raises(SparseInferError, match="corrupt config"):
+        load_sae(tmp_path / "k")
