@@ -107,3 +107,20 @@ def test_text_sources(tmp_path):
         list(iter_documents(str(path)))
     with pytest.raises(SparseInferError, match="neither"):
         list(iter_documents(str(tmp_path / "missing")))
+
+
+def test_gpt2_blocks_and_aliases():
+    import transformers
+
+    torch.manual_seed(0)
+    config = transformers.GPT2Config(vocab_size=50, n_positions=32, n_embd=16, n_layer=2, n_head=2)
+    model = transformers.GPT2LMHeadModel(config).eval()
+    ids = torch.randint(0, 50, (2, 10), generator=torch.Generator().manual_seed(1))
+    hidden = model(input_ids=ids, output_hidden_states=True).hidden_states
+    points = resolve_hook_points(model, ["resid_pre.1", "attn_out.1", "mlp_out.1"])
+    assert [p.label for p in points] == ["transformer.h.1:input", "transformer.h.1.attn", "transformer.h.1.mlp"]
+    acts = capture(model, ids, points)
+    torch.testing.assert_close(acts[points[0]], hidden[1], rtol=0, atol=0)
+    post = acts[points[0]] + acts[points[1]] + acts[points[2]]  # GPT-2 block: residual + attention + MLP
+    torch.testing.assert_close(post, capture(model, ids, resolve_hook_points(model, "resid_post.1"))[
+        HookPoint("transformer.h.1")], rtol=1e-5, atol=1e-5)  # fmt: skip

@@ -9,7 +9,14 @@ import torch
 from typer.testing import CliRunner
 
 from sparseinfer.activations_evaluate import downstream_metrics, reconstruction_metrics
-from sparseinfer.activations_training import LMTrainConfig, build, data_scale, load_run, train_from_store
+from sparseinfer.activations_training import (
+    LMTrainConfig,
+    build,
+    data_scale,
+    load_run,
+    train_from_store,
+    train_on_the_fly,
+)
 from sparseinfer.cli import app
 from sparseinfer.data.activations import HarvestConfig, harvest
 from sparseinfer.data.store import ActivationStore
@@ -195,11 +202,23 @@ def test_cli_harvest_train_evaluate(setup, tmp_path):
         r = runner.invoke(app, [*args, "--batch-size", "32", "--expansion", "2", *extra])
         assert r.exit_code == 0, r.output
     r = runner.invoke(app, ["evaluate", str(tmp_path / "relu"), str(tmp_path / "topk"), "--store",
-                            str(tmp_path / "s"), "--contexts", "4", "--out", str(tmp_path / "cmp")])  # fmt: skip
+                            str(tmp_path / "s"), "--contexts", "4", "--out", str(tmp_path / "cmp"),
+                            "--infer-with", "fista", "--param", "max_iter=20"])  # fmt: skip
     assert r.exit_code == 0, r.output
     import pandas as pd
 
     table = pd.read_parquet(tmp_path / "cmp" / "comparison.parquet")
-    assert list(table["encoder"]) == ["relu", "topk"] and (table["l0"].iloc[1] <= 4)
+    names = ["relu", "fista on relu's dictionary", "topk", "fista on topk's dictionary"]
+    assert list(table["encoder"]) == names and (table["l0"].iloc[2] <= 4)
     assert (tmp_path / "cmp" / "frontier.png").exists()
     assert json.loads((tmp_path / "topk" / "run.json").read_text())["config"]["hparams"] == {"k": 4}
+
+
+def test_train_on_the_fly(setup, tmp_path):
+    _, cfg, _ = setup
+    config = LMTrainConfig(expansion=2, steps=5, batch_size=32, eval_every=5)
+    info = train_on_the_fly(config, cfg, tmp_path / "run", progress=False, sample_tokens=64)
+    assert info["source"]["on_the_fly"] and info["history"][-1]["tokens"] == 5 * 32
+    with pytest.raises(SparseInferError, match="exactly one hook"):
+        two = HarvestConfig(**{**cfg.__dict__, "hooks": ("resid_post.*",)})
+        train_on_the_fly(config, two, tmp_path / "run2", progress=False)

@@ -42,9 +42,20 @@ def infer(
     out: Annotated[Path | None, typer.Option(help="write the codes to this .safetensors file")] = None,
     dtype: Annotated[str, typer.Option(help="float32 or float64")] = "float32",
     signed: Annotated[bool, typer.Option(help="synthetic codes with random signs (default: non-negative)")] = False,
+    sae: Annotated[
+        Path | None, typer.Option(help="SAE folder (SAELens, sparsify or native): refine its codes on --signals")
+    ] = None,
 ) -> None:
-    """Infer codes with one encoder on a synthetic problem (or your signals + dictionary) and print a table."""
+    """Infer codes with one encoder on a synthetic problem (or your signals + dictionary) and print a table.
+
+    With --sae: the SAE's own codes vs codes refined by --encoder (ito|fista|omp|lca|all) at matched L0."""
     from sparseinfer.inference import infer_table, parse_params, run_inference
+
+    if sae is not None:
+        from sparseinfer.pretrained import run_refine
+
+        console.print(run_refine(sae, signals, encoder, parse_params(param or []), out=out))
+        return
 
     report = run_inference(
         encoder,

@@ -132,3 +132,29 @@ def refine_table(rows: list[RefineResult], title: str = "SAE codes vs refined co
     for r in rows:
         table.add_row(r.method, f"{r.fvu:.4f}", f"{r.l0:.2f}", f"{r.flops:.3e}", f"{r.extra_flops:.3e}", r.detail)
     return table
+
+
+def run_refine(
+    sae: Path, signals: Path | None, method: str, params: dict[str, Any] | None = None, out: Path | None = None
+) -> Table:
+    """`sparseinfer infer --sae`: load the SAE and the signals, compare its codes with `method` ('all': every
+    refiner), optionally save the refined codes (last method) to `out`; returns the table."""
+    from safetensors.torch import save_file
+
+    from sparseinfer.inference import load_signals
+
+    if signals is None:
+        raise SparseInferError("--sae needs --signals (activations, batch x d_in)")
+    methods = list(REFINERS) if method == "all" else [method]
+    if any(m not in REFINERS for m in methods):
+        raise SparseInferError(f"with --sae, --encoder must be one of {', '.join(REFINERS)} or all; got {method!r}")
+    loaded = load_sae(sae)
+    x = load_signals(signals)
+    rows = [refine(loaded, x, "sae")[1]]
+    codes = None
+    for m in methods:
+        codes, row = refine(loaded, x, m, params)
+        rows.append(row)
+    if out is not None and codes is not None:
+        save_file({"codes": codes.contiguous()}, str(out))
+    return refine_table(rows, f"{loaded.source} SAE on {x.shape[0]} signals (N={loaded.dictionary.n_latents})")

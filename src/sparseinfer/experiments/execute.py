@@ -24,6 +24,7 @@ from sparseinfer.encoders.base import Encoder
 from sparseinfer.experiments.config import ITOConfig, RunConfig, parse_run
 from sparseinfer.experiments.store import write_parquet, write_yaml
 from sparseinfer.flops import optimisation
+from sparseinfer.metrics import dictionary_mcc, latent_mcc
 from sparseinfer.training import Regime, TrainConfig, code_table_for, evaluate_synthetic, fit, get_regime, score_codes
 
 Rows = list[dict[str, Any]]
@@ -49,19 +50,27 @@ def _initial_dictionary(config: RunConfig, data: SyntheticData, regime: Regime) 
     return Dictionary.from_tensor(data.dictionary.atoms.detach().clone(), normalise=False)
 
 
+def _code_table_scores(table: Encoder, dictionary: Dictionary, data: SyntheticData) -> dict[str, float]:
+    """Sparse coding has no test codes before ITO: track the dictionary and the training codes' MCC."""
+    with torch.no_grad():
+        codes = table(data.train_x, dictionary)
+    return {
+        "latent_mcc": math.nan,
+        "train_latent_mcc": latent_mcc(data.train_codes, codes),
+        "dict_mcc": dictionary_mcc(data.dictionary.atoms.detach(), dictionary.atoms.detach()),
+        "fvu": math.nan,
+        "l0": math.nan,
+        "inference_flops": 0,
+    }
+
+
 def _train_phase(
     encoder: Encoder, dictionary: Dictionary, data: SyntheticData, regime: Regime, train: TrainConfig, config: RunConfig
 ) -> Rows:
-    evaluate = (lambda: evaluate_synthetic(encoder, dictionary, data, regime)) if config.kind == "encoder" else None
-    if evaluate is None:  # a code table has no test codes before ITO: track the dictionary only
-
-        def evaluate() -> dict[str, float]:
-            return score_codes(encoder(data.train_x, dictionary), dictionary, data, regime) | {
-                "latent_mcc": math.nan,
-                "fvu": math.nan,
-                "inference_flops": 0,
-            }
-
+    if config.kind == "sparse_coding":
+        evaluate = lambda: _code_table_scores(encoder, dictionary, data)  # noqa: E731
+    else:
+        evaluate = lambda: evaluate_synthetic(encoder, dictionary, data, regime)  # noqa: E731
     rows = fit(
         encoder,
         dictionary,

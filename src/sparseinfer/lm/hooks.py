@@ -117,7 +117,9 @@ def _register(module: nn.Module, side: str, fn: Callable[[Tensor], Tensor | None
         if args:
             new = fn(args[0])
             return None if new is None else ((new, *args[1:]), kwargs)
-        key = next(iter(kwargs))  # first keyword argument, e.g. hidden_states
+        key = "hidden_states" if "hidden_states" in kwargs else next(iter(kwargs), None)
+        if key is None:
+            raise SparseInferError(f"module {type(_m).__name__} was called without inputs; hook its output instead")
         new = fn(kwargs[key])
         return None if new is None else (args, {**kwargs, key: new})
 

@@ -91,7 +91,7 @@ def _optimise(
         worst = float(errors.detach().max())
         if worst < best[0]:
             best = (worst, weight.detach().clone(), None if bias is None else bias.detach().clone())
-        if step == steps or worst == 0.0:
+        if step == steps or worst <= 1e-12:  # exact up to rounding: nothing left to gain
             break
         beta = 10.0 * 1000.0 ** (step / max(steps - 1, 1))
         loss = torch.logsumexp(beta * errors, 0) / beta
