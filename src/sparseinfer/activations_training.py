@@ -53,7 +53,12 @@ class LMTrainConfig(BaseModel):
     lr: float = Field(1e-3, gt=0)
     warmup_steps: int = Field(50, ge=0)
     decay_fraction: float = Field(0.2, ge=0, le=1, description="linear LR decay to 0 over this last fraction")
-    l1: float = Field(5.0, ge=0, description="lambda on sum |s| against the summed squared error, per token")
+    l1: float | None = Field(
+        None,
+        ge=0,
+        description="lambda on sum |s| against the summed squared error per token; None: 0 for TopK-style"
+        " encoders (a `k`), else 5",
+    )
     l1_warmup_steps: int = Field(100, ge=0)
     normalise: bool = True
     resample_every: int = Field(250, ge=1, description="steps between dead-latent resampling")
@@ -71,6 +76,11 @@ def _schedule(config: LMTrainConfig, step: int) -> tuple[float, float]:
     decay = 1.0 if step <= decay_start else max(0.0, (config.steps - step) / max(1.0, config.steps - decay_start))
     l1 = min(1.0, step / config.l1_warmup_steps) if config.l1_warmup_steps else 1.0
     return warm * decay, l1
+
+
+def default_l1(encoder: Encoder) -> float:
+    """0 for encoders that fix their sparsity by a `k` (TopK, BatchTopK, MLP with k), else the usual SAE value 5."""
+    return 0.0 if getattr(encoder, "k", None) else 5.0
 
 
 def _tied_rows(encoder: Encoder, n_latents: int, dim: int) -> list[tuple[str, torch.nn.Parameter]]:
@@ -201,6 +211,7 @@ def train_on_activations(
     for _ in range(state.step):  # the same data order as an uninterrupted run
         next(batches, None)
     n_params = sum(p.numel() for p in params)
+    l1_weight = default_l1(encoder) if config.l1 is None else config.l1
     use_autocast = config.autocast and device.type == "cuda"
     start, start_tokens = time.perf_counter(), state.tokens
     bar = tqdm(total=config.steps, initial=state.step, disable=not progress, desc=f"train {config.encoder}")
@@ -218,7 +229,7 @@ def train_on_activations(
             codes = encoder(x, dictionary)
             penalty = encoder.sparsity_penalty(codes) if encoder.has_own_penalty() else None
             x_hat = dictionary.decode(codes)
-            l1 = config.l1 * l1_mult * dictionary.n_latents / dim  # the regime's loss uses means over elements
+            l1 = l1_weight * l1_mult * dictionary.n_latents / dim  # the regime's loss uses means over elements
             loss = regime.loss(x, codes, x_hat.float(), l1, penalty=penalty)
         optimiser.zero_grad(set_to_none=True)
         loss.backward()
@@ -265,6 +276,7 @@ def train_on_activations(
         "dim": dim,
         "n_latents": dictionary.n_latents,
         "scale": scale,
+        "l1": l1_weight,
         "source": source or {},
         "tokens_per_second": (state.tokens - start_tokens) / seconds if seconds > 0 else float("nan"),
         "history": state.history,

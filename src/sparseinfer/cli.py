@@ -95,7 +95,7 @@ def run(
 
 @app.command()
 def reproduce(
-    target: Annotated[str, typer.Argument(help="known-codes|known-dictionary|learn-both|all|ablation-*")] = "all",
+    target: Annotated[str, typer.Argument(help="known-codes|known-dictionary|learn-both|all|scaling|theory|ablation-*")] = "all",
     preset: Annotated[str, typer.Option(help="quick (minutes) or paper (the protocol exactly)")] = "quick",
     out: Annotated[Path, typer.Option(help="results folder")] = Path("results/study"),
     workers: Annotated[int, typer.Option(min=1, help="parallel worker processes")] = 2,
@@ -164,7 +164,9 @@ def train(
     steps: Annotated[int, typer.Option(min=1)] = 1000,
     batch_size: Annotated[int, typer.Option(min=1, help="tokens per step")] = 1024,
     lr: Annotated[float, typer.Option()] = 1e-3,
-    l1: Annotated[float, typer.Option(help="lambda in ||x - x_hat||^2 + lambda sum|s| (normalised x)")] = 5.0,
+    l1: Annotated[
+        float | None, typer.Option(help="lambda in ||x-x_hat||^2 + lambda sum|s|; default 5, 0 for k")
+    ] = None,
     seed: Annotated[int, typer.Option()] = 0,
     device: Annotated[str, typer.Option()] = "cpu",
     resume: Annotated[bool, typer.Option(help="continue from OUT/checkpoint.pt")] = True,

@@ -36,8 +36,8 @@ def _build_encoder(name: str, dim: int, n_latents: int, alpha: float, params: di
 
 def _encode(encoder: Encoder, X: np.ndarray, atoms: np.ndarray) -> np.ndarray:
     """Codes (n_samples, n_components) of X against atoms (rows; any non-zero norms), in float64."""
-    dictionary = Dictionary(torch.from_numpy(np.ascontiguousarray(atoms, dtype=np.float64)), normalise=False)
-    x = torch.from_numpy(np.ascontiguousarray(X, dtype=np.float64))
+    dictionary = Dictionary(torch.from_numpy(np.require(atoms, np.float64, ["C", "W"])), normalise=False)
+    x = torch.from_numpy(np.require(X, np.float64, ["C", "W"]))
     with torch.no_grad():
         return as_dense(encoder(x, dictionary)).numpy()
 
