@@ -17,6 +17,7 @@ app = typer.Typer(
     add_completion=False,
     pretty_exceptions_enable=False,
 )
+TARGETS_HELP = "known-codes | known-dictionary | learn-both | all | scaling | theory | ablation-{topk,l1,bias,sklearn}"
 console = Console() if sys.stdout.isatty() else Console(width=160)  # files and pipes get whole tables
 
 
@@ -95,7 +96,7 @@ def run(
 
 @app.command()
 def reproduce(
-    target: Annotated[str, typer.Argument(help="known-codes|known-dictionary|learn-both|all|scaling|theory|ablation-*")] = "all",
+    target: Annotated[str, typer.Argument(help=TARGETS_HELP)] = "all",
     preset: Annotated[str, typer.Option(help="quick (minutes) or paper (the protocol exactly)")] = "quick",
     out: Annotated[Path, typer.Option(help="results folder")] = Path("results/study"),
     workers: Annotated[int, typer.Option(min=1, help="parallel worker processes")] = 2,
