@@ -13,6 +13,7 @@ from sparseinfer.activations_training import (
     LMTrainConfig,
     build,
     data_scale,
+    default_l1,
     load_run,
     train_from_store,
     train_on_the_fly,
@@ -112,6 +113,7 @@ def test_build_normalises_and_inits_bias_at_mean():
     torch.testing.assert_close(dictionary.bias.detach(), (x * scale).mean(0))
     torch.testing.assert_close(dictionary.atoms.norm(dim=1), torch.ones(32))
     torch.testing.assert_close(encoder.linear.weight.detach(), dictionary.atoms.detach())  # tied start
+    assert default_l1(encoder) == 5.0 and default_l1(create("topk", dim=16, n_latents=32, k=4)) == 0.0
 
 
 def test_train_learns_and_resumes_exactly(setup, tmp_path):

@@ -26,7 +26,10 @@ def _problem(seed: int = 0, n: int = 60, n_features: int = 10, n_comp: int = 15,
 
 
 @parametrize_with_checks(
-    [DictionaryLearning(n_components=4, max_iter=5, random_state=0), SparseEncoder(alpha=0.1)],
+    [
+        DictionaryLearning(n_components=4, max_iter=5, random_state=0, encoder_params={"max_iter": 100}),
+        SparseEncoder(alpha=0.1, encoder_params={"max_iter": 100}),
+    ],
     expected_failed_checks=lambda est: {},
 )
 def test_sklearn_estimator_checks(estimator, check) -> None:
@@ -55,12 +58,26 @@ def test_sparse_encoder_omp_matches_sklearn() -> None:
 
 def test_dictionary_learning_objective_close_to_sklearn() -> None:
     """Non-convex, so only close: our final objective is within 5% of scikit-learn's (or below it)."""
-    X, _ = _problem(2, n=80)
+    X, _ = _problem(2, n=60)
     alpha = 0.2
-    ref = SkDictionaryLearning(n_components=15, alpha=alpha, max_iter=200, random_state=0, tol=1e-8).fit(X)
+    ref = SkDictionaryLearning(
+        n_components=15,
+        alpha=alpha,
+        max_iter=30,
+        tol=1e-8,
+        fit_algorithm="cd",
+        transform_algorithm="lasso_cd",
+        transform_alpha=alpha,
+        random_state=0,
+    ).fit(X)
     ref_obj = objective(X, ref.transform(X), ref.components_, alpha)
     ours = DictionaryLearning(
-        n_components=15, alpha=alpha, max_iter=200, random_state=0, tol=1e-8, encoder_params={"tol": 1e-8}
+        n_components=15,
+        alpha=alpha,
+        max_iter=30,
+        random_state=0,
+        tol=1e-8,
+        encoder_params={"tol": 1e-7, "max_iter": 300},
     )
     codes = ours.fit_transform(X)
     our_obj = objective(X, codes, ours.components_, alpha)
@@ -73,7 +90,10 @@ def test_dictionary_learning_objective_close_to_sklearn() -> None:
 def test_pipeline_and_grid_search() -> None:
     X, atoms = _problem(3, n=90)
     y = X @ np.arange(X.shape[1])
-    pipe = make_pipeline(DictionaryLearning(n_components=12, max_iter=10, random_state=0), Ridge(alpha=1e-3))
+    pipe = make_pipeline(
+        DictionaryLearning(n_components=12, max_iter=5, random_state=0, encoder_params={"max_iter": 200}),
+        Ridge(alpha=1e-3),
+    )
     search = GridSearchCV(pipe, {"dictionarylearning__alpha": [0.05, 0.5]}, cv=3).fit(X, y)
     assert search.best_params_["dictionarylearning__alpha"] == 0.05  # less shrinkage predicts a linear y better
     assert search.best_score_ > 0.9

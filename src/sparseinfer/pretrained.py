@@ -81,6 +81,7 @@ def _calibrate(name: str, params: dict[str, Any], sae: LoadedSAE, x: Tensor, sta
     return best
 
 
+@torch.no_grad()
 def refine(
     sae: LoadedSAE, x: Tensor, method: str, params: dict[str, Any] | None = None, calibration: int = 256
 ) -> tuple[Tensor, RefineResult]:
