@@ -7,9 +7,9 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
-from rich.console import Console
 
 from sparseinfer.errors import SparseInferError
+from sparseinfer.terminal import terminal
 
 app = typer.Typer(
     help="Sparse inference and dictionary learning: any encoder with any dictionary, compared against compute.",
@@ -18,7 +18,7 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
 )
 TARGETS_HELP = "known-codes | known-dictionary | learn-both | all | scaling | theory | ablation-{topk,l1,bias,sklearn}"
-console = Console() if sys.stdout.isatty() else Console(width=160)  # files and pipes get whole tables
+console = terminal()
 
 
 @app.command()

@@ -27,6 +27,7 @@ from sparseinfer.experiments.figures import (
     write_figures,
 )
 from sparseinfer.experiments.store import RESULTS_TABLE, RUNS_DIR, read_parquet
+from sparseinfer.terminal import terminal
 
 HISTORY_FILE = "history.parquet"
 REPORT_FILE = "report.md"
@@ -156,7 +157,7 @@ def write_report(results_dir: Path, group_by: Sequence[str] = (), console: Conso
     group_by = tuple(group_by)
     results = load_results(results_dir)
     summary = summarise(results, group_by)
-    print_tables(summary, console or Console())
+    print_tables(summary, console or terminal())
     curves, absent = load_histories(results_dir, results, group_by)
     colours = colour_map(run_labels(results, group_by))
     sets = write_figures(curves, results_dir / FIGURES_DIR, colours) if len(curves) else []
