@@ -182,3 +182,11 @@ def test_run_study_end_to_end(tmp_path, monkeypatch):
     assert (tmp_path / "report.md").exists() and any((tmp_path / "figures").glob("*.png"))
     again = reproduce.run_study("all", "tiny", tmp_path, workers=1, resume=True, progress=False)
     assert len(again) == len(results)
+
+
+def test_example_sweep_is_valid():
+    from pathlib import Path
+
+    runs = load_runs(Path(__file__).parents[1] / "examples" / "sweep.yaml")
+    assert len(runs) == 5 * 2 * 2
+    assert {r.method for r in runs} == {"sae", "topk", "lista-5", "fista", "sae+ito"}

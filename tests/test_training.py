@@ -147,3 +147,15 @@ def test_code_table_is_sparse_coding(data):
     assert (table(data.train_x, dico) > 0).all()
     with pytest.raises(si.SparseInferError, match="inference-time optimisation"):
         table(data.test_x[:5], dico)
+
+
+@pytest.mark.parametrize("name", si.available())
+def test_every_encoder_trains_one_step_with_exact_accounting(name, data):
+    """Any registered encoder goes through the one loop in learn_both (iterative ones: dictionary learning)."""
+    params = {"k": 3} if si.encoders.base.needs_k(name) else {}
+    enc = si.create(name, dim=8, n_latents=16, **params)
+    dico = si.Dictionary.random(16, 8, seed=2, bias=True)
+    history = fit(enc, dico, data.train_x, get_regime("learn_both"), TrainConfig(steps=2, eval_every=1))
+    assert history[-1]["train_flops"] > 0 and math.isfinite(history[-1]["loss"])
+    if enc.trainable:
+        assert enc.training_flops(4, 8, 16, input_grad=True) > enc.training_flops(4, 8, 16)

@@ -22,7 +22,7 @@ from sparseinfer.codes import as_dense
 from sparseinfer.data.synthetic import make_synthetic
 from sparseinfer.dictionary import Dictionary
 from sparseinfer.encoders import available, create, get
-from sparseinfer.encoders.base import IterativeEncoder, hyperparameters
+from sparseinfer.encoders.base import IterativeEncoder, hyperparameters, needs_k
 from sparseinfer.errors import SparseInferError
 from sparseinfer.metrics import fvu, l0, latent_mcc, relative_code_error, support_recovery
 
@@ -95,7 +95,7 @@ def fill_from_problem(name: str, params: dict[str, Any], k: int, nonneg: bool) -
     """Give an encoder the problem's K (`k`) and sign constraint (`nonneg`) unless the user set them."""
     accepted = hyperparameters(name)
     filled = dict(params)
-    if "k" in accepted and "k" not in params:
+    if needs_k(name) and "k" not in params:
         filled["k"] = k
     if "nonneg" in accepted and "nonneg" not in params:
         filled["nonneg"] = nonneg

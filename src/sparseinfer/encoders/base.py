@@ -138,6 +138,13 @@ def hyperparameters(name: str) -> dict[str, Any]:
     return {k: p.default for k, p in params.items() if k != "self" and p.kind in plain}
 
 
+def needs_k(name: str) -> bool:
+    """Whether the encoder keeps a fixed number `k` of latents (TopK, OMP): then a problem's K is a sensible `k`.
+    Encoders whose `k` defaults to None (an optional limit, or a TopK output switched off) don't need one."""
+    params = hyperparameters(name)
+    return "k" in params and params["k"] is not None
+
+
 def create(name: str, dim: int | None = None, n_latents: int | None = None, **hparams: Any) -> Encoder:
     """Build an encoder by name; `dim` and `n_latents` are passed only to encoders that take them."""
     cls = get(name)

@@ -106,9 +106,9 @@ class ITOEncoder(Encoder):
             return refine
         return self.encoder.inference_flops(batch, dim, n_latents) + refine
 
-    def training_flops(self, batch: int, dim: int, n_latents: int) -> int:
+    def training_flops(self, batch: int, dim: int, n_latents: int, input_grad: bool = False) -> int:
         """Training trains the encoder only (the refiner has no parameters)."""
-        return self.encoder.training_flops(batch, dim, n_latents)
+        return self.encoder.training_flops(batch, dim, n_latents, input_grad=input_grad)
 
     def extra_repr(self) -> str:
         return f"start={self.start!r}"

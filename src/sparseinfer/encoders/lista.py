@@ -106,5 +106,7 @@ class LISTAEncoder(Encoder):
     def inference_flops(self, batch: int, dim: int, n_latents: int) -> int:
         return optimisation.lista_inference(batch, dim, n_latents, self.n_layers, self.tied, self.nonneg).total
 
-    def training_flops(self, batch: int, dim: int, n_latents: int) -> int:
-        return optimisation.lista_training(batch, dim, n_latents, self.n_layers, self.tied, self.nonneg).total
+    def training_flops(self, batch: int, dim: int, n_latents: int, input_grad: bool = False) -> int:
+        """Forward + backward of the unrolled layers (LISTA reads x directly: `input_grad` adds x's gradient)."""
+        extra = 2 * batch * dim * n_latents if input_grad else 0
+        return extra + optimisation.lista_training(batch, dim, n_latents, self.n_layers, self.tied, self.nonneg).total

@@ -154,8 +154,8 @@ def write_report(results_dir: Path, group_by: Sequence[str] = (), console: Conso
     """Read the sweep in `results_dir`, print its tables, draw its figures into `results_dir/figures/` and write
     `results_dir/report.md` (tables, figure links, frontier winners, notes). Returns the report's path."""
     results_dir = Path(results_dir)
-    group_by = tuple(group_by)
     results = load_results(results_dir)
+    group_by = tuple(group_by) or sweep_axes(results)
     summary = summarise(results, group_by)
     print_tables(summary, console or terminal())
     curves, absent = load_histories(results_dir, results, group_by)
@@ -165,6 +165,17 @@ def write_report(results_dir: Path, group_by: Sequence[str] = (), console: Conso
     path = results_dir / REPORT_FILE
     path.write_text(text, encoding="utf-8")
     return path
+
+
+def sweep_axes(results: pd.DataFrame) -> tuple[str, ...]:
+    """Config columns (`config.*`) that vary within some (setting, method) group: the sweep's hyperparameter axes,
+    which the tables and curves must keep apart rather than average over."""
+    axes = []
+    for column in sorted(c for c in results.columns if c.startswith("config.")):
+        values = results[column].astype(str)
+        if values.groupby([results["setting"], results["method"]]).nunique().max() > 1:
+            axes.append(column)
+    return tuple(axes)
 
 
 def eng(value: float) -> str:

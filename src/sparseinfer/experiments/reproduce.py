@@ -13,7 +13,7 @@ from typing import Any
 import pandas as pd
 
 from sparseinfer.encoders import get
-from sparseinfer.encoders.base import hyperparameters
+from sparseinfer.encoders.base import needs_k
 from sparseinfer.errors import SparseInferError
 from sparseinfer.experiments.config import SweepConfig
 from sparseinfer.experiments.execute import execute
@@ -108,7 +108,7 @@ def extra_methods(names: list[str], setting: str, k: int) -> list[dict[str, Any]
         cls = get(name)
         if setting == "known_codes" and cls.kind == "iterative":
             continue  # nothing to train against true codes
-        params = {"k": k} if "k" in hyperparameters(name) else {}
+        params = {"k": k} if needs_k(name) else {}
         out.append({"method": name, "setting": setting, "encoder": {"name": name, "params": params}})
     return out
 
