@@ -46,16 +46,28 @@ def infer(
     sae: Annotated[
         Path | None, typer.Option(help="SAE folder (SAELens, sparsify or native): refine its codes on --signals")
     ] = None,
+    model: Annotated[
+        str | None, typer.Option(help="with --sae: splice into this model (local folder or smollm2-135m) for CE/KL")
+    ] = None,
+    hook: Annotated[str, typer.Option(help="with --model: the SAE's hook point, e.g. resid_pre.9")] = "resid_pre.9",
+    text: Annotated[str, typer.Option(help="with --model: text source of the test contexts")] = "shakespeare",
+    contexts: Annotated[int, typer.Option(min=1, help="with --model: test contexts for the downstream loss")] = 16,
+    context_length: Annotated[int, typer.Option(min=2, help="with --model: tokens per context")] = 128,
 ) -> None:
     """Infer codes with one encoder on a synthetic problem (or your signals + dictionary) and print a table.
 
-    With --sae: the SAE's own codes vs codes refined by --encoder (ito|fista|omp|lca|all) at matched L0."""
+    With --sae: the SAE's own codes vs codes refined by --encoder (support-refit|ito|fista|omp|lca|all) at matched
+    L0; with --model also the downstream CE, loss recovered and KL of each (signals default to the model's)."""
     from sparseinfer.inference import infer_table, parse_params, run_inference
 
     if sae is not None:
         from sparseinfer.pretrained import run_refine
 
-        console.print(run_refine(sae, signals, encoder, parse_params(param or []), out=out))
+        table = run_refine(
+            sae, signals, encoder, parse_params(param or []), out=out, model=model, hook=hook, text=text,
+            contexts=contexts, context_length=context_length,
+        )  # fmt: skip
+        console.print(table)
         return
 
     report = run_inference(
@@ -159,28 +171,44 @@ def train(
     model: Annotated[str, typer.Option(help="without --store: train on the fly from this model")] = "smollm2-135m",
     hook: Annotated[str, typer.Option(help="without --store: the hook point")] = "resid_pre.9",
     text: Annotated[str, typer.Option(help="without --store: the text source")] = "shakespeare",
-    encoder: Annotated[str, typer.Option(help="registered encoder name")] = "relu",
-    param: Annotated[list[str] | None, typer.Option(help="encoder hyperparameter KEY=VALUE (repeatable)")] = None,
-    expansion: Annotated[int, typer.Option(min=1, help="n_latents = expansion x d_model (study: 22)")] = 8,
-    steps: Annotated[int, typer.Option(min=1)] = 1000,
-    batch_size: Annotated[int, typer.Option(min=1, help="tokens per step")] = 1024,
-    lr: Annotated[float, typer.Option()] = 1e-3,
-    l1: Annotated[
-        float | None, typer.Option(help="lambda in ||x-x_hat||^2 + lambda sum|s|; default 5, 0 for k")
+    preset: Annotated[
+        str | None, typer.Option(help="study-sae | study-mlp | study-sparse-coding | study-lca (options override)")
     ] = None,
-    seed: Annotated[int, typer.Option()] = 0,
+    encoder: Annotated[str | None, typer.Option(help="registered encoder name [relu]")] = None,
+    param: Annotated[list[str] | None, typer.Option(help="encoder hyperparameter KEY=VALUE (repeatable)")] = None,
+    expansion: Annotated[
+        int | None, typer.Option(min=1, help="n_latents = expansion x d_model [8] (study: 22)")
+    ] = None,
+    steps: Annotated[int | None, typer.Option(min=1, help="[1000]")] = None,
+    batch_size: Annotated[int | None, typer.Option(min=1, help="tokens per step [1024]")] = None,
+    lr: Annotated[float | None, typer.Option(help="[1e-3]")] = None,
+    loss: Annotated[str | None, typer.Option(help="sae (sum conventions) | study (MSE/variance + mean L1)")] = None,
+    l1: Annotated[
+        float | None, typer.Option(help="sparsity weight; default 5 (sae) / 1e-4 (study), 0 with a k")
+    ] = None,
+    dead_latents: Annotated[str | None, typer.Option(help="resample | auxk | none [resample]")] = None,
+    bias_init: Annotated[str | None, typer.Option(help="mean | median | geometric_median | zero [mean]")] = None,
+    seed: Annotated[int | None, typer.Option()] = None,
     device: Annotated[str, typer.Option()] = "cpu",
     resume: Annotated[bool, typer.Option(help="continue from OUT/checkpoint.pt")] = True,
 ) -> None:
     """Train an encoder and a dictionary (learn_both) on a store, or on the fly from a model when no --store."""
+    from pydantic import ValidationError
+
     from sparseinfer.activations_training import LMTrainConfig, train_from_store
     from sparseinfer.activations_training import train_on_the_fly as run_on_the_fly
     from sparseinfer.inference import parse_params
 
-    cfg = LMTrainConfig(
-        encoder=encoder, hparams=parse_params(param or []), expansion=expansion, steps=steps,
-        batch_size=batch_size, lr=lr, l1=l1, seed=seed,
+    given = dict(
+        preset=preset, encoder=encoder, hparams=parse_params(param) if param else None, expansion=expansion,
+        steps=steps, batch_size=batch_size, lr=lr, loss=loss, l1=l1, dead_latents=dead_latents, bias_init=bias_init,
+        seed=seed,
     )  # fmt: skip
+    try:
+        cfg = LMTrainConfig(**{k: v for k, v in given.items() if v is not None})
+    except ValidationError as err:
+        first = err.errors()[0]
+        raise SparseInferError(f"train option {first['loc'][0]}: {first['msg']}") from None
     if store is not None:
         info = train_from_store(cfg, store, out, device=device, resume=resume)
     else:
@@ -190,7 +218,7 @@ def train(
         info = run_on_the_fly(cfg, harvest_cfg, out, device=device, resume=resume)
     last = info["history"][-1]
     console.print(
-        f"{encoder}: fvu {last['fvu']:.4f}, l0 {last['l0']:.1f}, dead {last['dead_fraction']:.3f} "
+        f"{info['config']['encoder']}: fvu {last['fvu']:.4f}, l0 {last['l0']:.1f}, dead {last['dead_fraction']:.3f} "
         f"({info['tokens_per_second']:.0f} tokens/s) -> {out}"
     )
 
@@ -199,7 +227,9 @@ def train(
 def evaluate(
     runs: Annotated[list[Path], typer.Argument(help="run folders from `train`")],
     store: Annotated[Path, typer.Option(help="held-out store (harvest --split test)")],
-    out: Annotated[Path | None, typer.Option(help="write comparison.parquet and frontier.png here")] = None,
+    out: Annotated[
+        Path | None, typer.Option(help="write comparison.parquet, matched_l0.parquet and frontier.png here")
+    ] = None,
     tokens: Annotated[int, typer.Option(min=1, help="held-out tokens for FVU / L0")] = 16_384,
     contexts: Annotated[int, typer.Option(min=0, help="held-out contexts for the downstream loss (0: skip)")] = 16,
     infer_with: Annotated[str | None, typer.Option(help="also run this encoder on each learned dictionary")] = None,
@@ -207,11 +237,13 @@ def evaluate(
     device: Annotated[str, typer.Option()] = "cpu",
 ) -> None:
     """FVU, L0, dead/dense latents and downstream loss (CE, loss recovered, KL) of trained runs; one table."""
-    from sparseinfer.activations_evaluate import comparison_table, evaluate_runs, rich_table
+    from sparseinfer.activations_evaluate import comparison_table, evaluate_runs, matched_l0, rich_table
     from sparseinfer.inference import parse_params
 
     rows = evaluate_runs(runs, store, tokens, contexts, infer_with, parse_params(param or []), device)
-    console.print(rich_table(comparison_table(rows, out)))
+    table = comparison_table(rows, out)
+    console.print(rich_table(table.sort_values(["l0"], kind="stable")))
+    console.print(rich_table(matched_l0(table), "the same encoders at matched L0"))
 
 
 def main() -> None:

@@ -2,10 +2,14 @@
 matched L0, with the FVU gained and the inference FLOPs paid.
 
 Refiners (all non-negative, since SAE codes are):
-- `ito`: keep the SAE's support, refit the values by non-negative least squares (L0 <= the SAE's, per sample);
+- `support-refit`: keep the SAE's support, refit the values by non-negative least squares (L0 <= the SAE's);
+- `ito`: the registered `ito` encoder: the SAE's codes refined by Adam on reconstruction + L1 (`gradient` refiner,
+  ReLU-parameterised so codes can reach exactly zero), then debiased on the support it keeps;
 - `omp`: orthogonal matching pursuit with a budget of k = the SAE's mean L0, rounded;
-- `fista`, `lca`: the Lasso warm-started from the SAE's codes and debiased, its penalty set by bisection on a
-  calibration slice so the mean L0 matches the SAE's (the bisection is a one-off per SAE and is not counted).
+- `fista`, `lca`: the Lasso warm-started from the SAE's codes and debiased.
+`ito`, `fista` and `lca` have their penalty set by bisection on a calibration slice so that the mean L0 matches the
+SAE's. That bisection is a one-off per SAE, not part of inference; its FLOPs are reported separately
+(`calibration_flops`, on `calibration_samples` signals) rather than added to the per-batch inference cost.
 """
 
 from __future__ import annotations
@@ -20,21 +24,25 @@ from rich.table import Table
 from torch import Tensor
 
 from sparseinfer.codes import as_dense
+from sparseinfer.dictionary import Dictionary
 from sparseinfer.encoders._support import refit_with_sizes
-from sparseinfer.encoders.base import IterativeEncoder, create
+from sparseinfer.encoders.base import Encoder, IterativeEncoder, create
+from sparseinfer.encoders.gradient import study_penalty
 from sparseinfer.errors import SparseInferError
 from sparseinfer.flops import proximal
 from sparseinfer.io import LoadedSAE, load_sae
 from sparseinfer.metrics import fvu, l0
-from sparseinfer.validation import check_signals
+from sparseinfer.validation import check_count, check_signals
 
-REFINERS = ("ito", "fista", "omp", "lca")
+REFINERS = ("support-refit", "ito", "fista", "omp", "lca")
+CALIBRATED = ("ito", "fista", "lca")
 BISECTION_STEPS = 16
+ITO_DEFAULTS: dict[str, Any] = {"parameterisation": "relu", "lr": 0.05, "max_iter": 100, "debias": True}
 
 
 @dataclass
 class RefineResult:
-    """One row of the comparison: codes from `method` on the signals."""
+    """One row of the comparison: codes from `method` on the signals (FLOPs for the whole batch)."""
 
     method: str
     fvu: float
@@ -42,16 +50,69 @@ class RefineResult:
     flops: int
     extra_flops: int
     detail: str = ""
+    calibration_flops: int = 0
+    calibration_samples: int = 0
 
 
-def _result(
-    method: str, x: Tensor, sae: LoadedSAE, codes: Tensor, flops: int, base: int, detail: str = ""
-) -> RefineResult:
-    with torch.no_grad():
-        return RefineResult(method, fvu(x, sae.dictionary.decode(codes)), l0(codes), flops, flops - base, detail)
+class RefinedEncoder(Encoder):
+    """The SAE's encoder (`method='sae'`) or the SAE's codes refined by one calibrated refiner, as an `Encoder`, so
+    it can be spliced into a language model like any other. FLOPs are those of the last call (encoder included)."""
+
+    name = "refined"
+    summary = "a pretrained SAE's codes, optionally refined against its own decoder"
+
+    def __init__(self, sae: LoadedSAE, method: str, solver: Encoder | None = None, detail: str = "") -> None:
+        super().__init__()
+        if method != "sae" and method not in REFINERS:
+            raise SparseInferError(f"unknown refiner {method!r}; choose one of {', '.join(REFINERS)}")
+        self.sae, self.method, self.solver, self.detail = sae, method, solver, detail
+        self.calibration_flops = 0
+        self.calibration_samples = 0
+        self._sizes: list[int] = []
+
+    def forward(self, x: Tensor, dictionary: Dictionary) -> Tensor:
+        if self.method == "omp":  # a cold solver with a K budget: the SAE's codes are not used
+            assert self.solver is not None
+            return as_dense(self.solver(x, dictionary))
+        if self.method == "ito":  # the ito encoder runs the SAE's encoder itself
+            assert self.solver is not None
+            return as_dense(self.solver(x, dictionary))
+        own = self.sae.encode(x)
+        if self.method == "sae":
+            return own
+        if self.method == "support-refit":
+            codes, self._sizes = refit_with_sizes(dictionary.centre(x), dictionary.atoms.detach(), own, nonneg=True)
+            return codes
+        assert self.solver is not None
+        return as_dense(self.solver(x, dictionary, init=own))
+
+    def own_flops(self, batch: int, dim: int, n_latents: int) -> int:
+        """The SAE encoder's FLOPs: the baseline every refiner is compared with."""
+        return self.sae.encoder.inference_flops(batch, dim, n_latents)
+
+    def inference_flops(self, batch: int, dim: int, n_latents: int) -> int:
+        if self.method in ("omp", "ito"):
+            assert self.solver is not None
+            return self.solver.inference_flops(batch, dim, n_latents)
+        base = self.own_flops(batch, dim, n_latents)
+        if self.method == "sae":
+            return base
+        if self.method == "support-refit":
+            return base + proximal.refit(batch, dim, self._sizes).total
+        assert self.solver is not None
+        return base + self.solver.inference_flops(batch, dim, n_latents)
 
 
-def _solver(name: str, params: dict[str, Any], penalty: float | None = None) -> IterativeEncoder:
+def _solver(sae: LoadedSAE, name: str, params: dict[str, Any], penalty: float | None = None) -> Encoder:
+    """A refiner with fixed settings; `penalty` is on the Lasso scale (1/2 ||x - sD||^2 + penalty ||s||_1)."""
+    dico = sae.dictionary
+    if name == "ito":
+        refiner = {**ITO_DEFAULTS, **params}
+        if penalty is not None:
+            refiner["penalty"] = study_penalty(penalty, dico.dim, dico.n_latents)
+        return create(
+            "ito", dim=dico.dim, n_latents=dico.n_latents, init=sae.encoder, refiner="gradient", refiner_kwargs=refiner
+        )
     hp = {"nonneg": True, **params}
     if name in ("fista", "lca"):
         hp = {"debias": True, "max_iter": 500, **hp}
@@ -62,100 +123,162 @@ def _solver(name: str, params: dict[str, Any], penalty: float | None = None) -> 
     return solver
 
 
-def _calibrate(name: str, params: dict[str, Any], sae: LoadedSAE, x: Tensor, start: Tensor, target: float) -> float:
-    """Bisect log(penalty) so the solver's mean L0 on `x` is as close as possible to `target`."""
-    centred = sae.dictionary.centre(x)
-    high = float((centred @ sae.dictionary.atoms.T).abs().max()) + 1e-12  # every code is zero at this penalty
+def _calibrate(
+    sae: LoadedSAE, name: str, params: dict[str, Any], x: Tensor, target: float, steps: int
+) -> tuple[float, int]:
+    """Bisect log(penalty) so the refiner's mean L0 on `x` is as close as possible to `target`; returns the penalty
+    and the FLOPs every trial run cost (the SAE's encoder counted once for fista/lca, whose warm start is shared)."""
+    dico = sae.dictionary
+    high = float((dico.centre(x) @ dico.atoms.T).abs().max()) + 1e-12  # every Lasso code is zero at this penalty
     lo, hi = math.log(high * 1e-6), math.log(high)
     best, best_gap = high, math.inf
-    for _ in range(BISECTION_STEPS):
+    start = sae.encode(x) if name != "ito" else None
+    batch = x.shape[0]
+    spent = 0 if start is None else sae.encoder.inference_flops(batch, dico.dim, dico.n_latents)
+    for _ in range(steps):
         mid = (lo + hi) / 2
-        solver = _solver(name, params, math.exp(mid))
-        count = l0(as_dense(solver(x, sae.dictionary, init=start)))
+        solver = _solver(sae, name, params, math.exp(mid))
+        codes = solver(x, dico) if start is None else solver(x, dico, init=start)
+        spent += solver.inference_flops(batch, dico.dim, dico.n_latents)
+        count = l0(as_dense(codes))
         if abs(count - target) < best_gap:
             best, best_gap = math.exp(mid), abs(count - target)
         if count > target:
             lo = mid
         else:
             hi = mid
-    return best
+    return best, spent
 
 
 @torch.no_grad()
-def refine(
-    sae: LoadedSAE, x: Tensor, method: str, params: dict[str, Any] | None = None, calibration: int = 256
-) -> tuple[Tensor, RefineResult]:
-    """Codes of `x` from `method` ('sae' = the SAE's own encoder, or one of REFINERS) and their scores."""
+def build_method(
+    sae: LoadedSAE,
+    x: Tensor,
+    method: str,
+    params: dict[str, Any] | None = None,
+    calibration: int = 256,
+    bisection_steps: int = BISECTION_STEPS,
+) -> RefinedEncoder:
+    """`method` ('sae' or one of REFINERS) set up for `sae`, its L0 budget matched on the first `calibration`
+    signals of `x` (the SAE's mean L0 there); a `penalty` in `params` skips the bisection."""
     params = dict(params or {})
     dico = sae.dictionary
-    x = check_signals(x.to(dico.atoms.dtype), dico.dim)
-    batch, dim, n_latents = x.shape[0], dico.dim, dico.n_latents
-    base = sae.encoder.inference_flops(batch, dim, n_latents)
-    own = sae.encode(x)
-    if method == "sae":
-        return own, _result("sae", x, sae, own, base, base)
+    if method == "sae" or method == "support-refit":
+        return RefinedEncoder(sae, method, detail="NNLS on the SAE's support" if method != "sae" else "")
     if method not in REFINERS:
         raise SparseInferError(f"unknown refiner {method!r}; choose one of {', '.join(REFINERS)}")
-    target = l0(own)
-    if method == "ito":
-        codes, sizes = refit_with_sizes(dico.centre(x), dico.atoms.detach(), own, nonneg=True)
-        flops = base + proximal.refit(batch, dim, sizes).total
-        return codes, _result("ito", x, sae, codes, flops, base, "NNLS on the SAE's support")
+    check_count(bisection_steps, "bisection_steps")
+    cal = check_signals(x.to(dico.atoms.dtype), dico.dim)[: check_count(calibration, "calibration")]
+    target = l0(sae.encode(cal))
     if method == "omp":
-        k = min(n_latents, max(1, round(target)))
-        solver = _solver("omp", {"k": k, **params})
-        codes = as_dense(solver(x, dico))
-        flops = solver.inference_flops(batch, dim, n_latents)
-        return codes, _result("omp", x, sae, codes, flops, base, f"k={solver.k}")
-    cal = slice(0, min(calibration, batch))
-    penalty = params.pop("penalty", None)
+        k = min(dico.n_latents, max(1, round(target)))
+        return RefinedEncoder(sae, "omp", _solver(sae, "omp", {"k": k, **params}), f"k={k}")
+    penalty, spent = params.pop("penalty", None), 0
     if penalty is None:
-        penalty = _calibrate(method, params, sae, x[cal], own[cal], l0(own[cal]))
-    solver = _solver(method, params, penalty)
-    codes = as_dense(solver(x, dico, init=own))
-    flops = base + solver.inference_flops(batch, dim, n_latents)
-    return codes, _result(method, x, sae, codes, flops, base, f"penalty={penalty:.3g}, {solver.diagnostics}")
+        penalty, spent = _calibrate(sae, method, params, cal, target, bisection_steps)
+    refined = RefinedEncoder(sae, method, _solver(sae, method, params, penalty), f"lasso penalty={penalty:.3g}")
+    refined.calibration_flops, refined.calibration_samples = spent, cal.shape[0] if spent else 0
+    return refined
+
+
+@torch.no_grad()
+def score(refined: RefinedEncoder, x: Tensor) -> tuple[Tensor, RefineResult]:
+    """Codes of `x` from a built method and their row: FVU, L0, FLOPs and extra FLOPs over the SAE's encoder."""
+    dico = refined.sae.dictionary
+    x = check_signals(x.to(dico.atoms.dtype), dico.dim)
+    codes = refined(x, dico)
+    shape = (x.shape[0], dico.dim, dico.n_latents)
+    flops, base = refined.inference_flops(*shape), refined.own_flops(*shape)
+    detail = refined.detail
+    solver = refined.solver.refiner if refined.method == "ito" else refined.solver  # type: ignore[union-attr]
+    if isinstance(solver, IterativeEncoder) and solver.diagnostics is not None:
+        detail = f"{detail}, {solver.diagnostics}"
+    row = RefineResult(
+        refined.method, fvu(x, dico.decode(codes)), l0(codes), flops, flops - base, detail,
+        refined.calibration_flops, refined.calibration_samples,
+    )  # fmt: skip
+    return codes, row
+
+
+def refine(
+    sae: LoadedSAE,
+    x: Tensor,
+    method: str,
+    params: dict[str, Any] | None = None,
+    calibration: int = 256,
+    bisection_steps: int = BISECTION_STEPS,
+) -> tuple[Tensor, RefineResult]:
+    """Codes of `x` from `method` ('sae' = the SAE's own encoder, or one of REFINERS) and their scores."""
+    return score(build_method(sae, x, method, params, calibration, bisection_steps), x)
 
 
 def compare(
-    sae: LoadedSAE | str | Path, x: Tensor, methods: list[str], params: dict[str, Any] | None = None
+    sae: LoadedSAE | str | Path,
+    x: Tensor,
+    methods: list[str],
+    params: dict[str, Any] | None = None,
+    bisection_steps: int = BISECTION_STEPS,
 ) -> list[RefineResult]:
     """The SAE's own codes, then each refiner in `methods`, on the same signals."""
     loaded = sae if isinstance(sae, LoadedSAE) else load_sae(sae)
-    return [refine(loaded, x, m, params)[1] for m in ["sae", *methods]]
+    return [refine(loaded, x, m, params, bisection_steps=bisection_steps)[1] for m in ["sae", *methods]]
 
 
 def refine_table(rows: list[RefineResult], title: str = "SAE codes vs refined codes") -> Table:
-    """A terminal table of a comparison."""
+    """A terminal table of a comparison (downstream columns when the rows carry them)."""
     table = Table(title=title)
-    for column in ("method", "FVU", "L0", "FLOPs", "extra FLOPs", "detail"):
+    extra = [c for c in ("ce", "loss_recovered", "kl") if all(hasattr(r, c) for r in rows) and rows]
+    columns = ["method", "FVU", "L0", "FLOPs", "extra FLOPs", "calibration FLOPs", *extra, "detail"]
+    for column in columns:
         table.add_column(column, justify="left" if column in ("method", "detail") else "right")
     for r in rows:
-        table.add_row(r.method, f"{r.fvu:.4f}", f"{r.l0:.2f}", f"{r.flops:.3e}", f"{r.extra_flops:.3e}", r.detail)
+        cal = f"{r.calibration_flops:.2e} ({r.calibration_samples} sig.)" if r.calibration_flops else "-"
+        cells = [f"{getattr(r, c):.4f}" for c in extra]
+        table.add_row(
+            r.method, f"{r.fvu:.4f}", f"{r.l0:.2f}", f"{r.flops:.3e}", f"{r.extra_flops:.3e}", cal, *cells, r.detail
+        )
     return table
 
 
 def run_refine(
-    sae: Path, signals: Path | None, method: str, params: dict[str, Any] | None = None, out: Path | None = None
+    sae: Path,
+    signals: Path | None,
+    method: str,
+    params: dict[str, Any] | None = None,
+    out: Path | None = None,
+    model: str | None = None,
+    hook: str = "resid_pre.9",
+    text: str = "shakespeare",
+    contexts: int = 16,
+    context_length: int = 128,
 ) -> Table:
     """`sparseinfer infer --sae`: load the SAE and the signals, compare its codes with `method` ('all': every
-    refiner), optionally save the refined codes (last method) to `out`; returns the table."""
+    refiner), optionally save the refined codes (last method) to `out`; returns the table.
+
+    With `model` (a local folder or the built-in default), each method's reconstruction is also spliced into the
+    model at `hook` on `contexts` test contexts of `text`, adding CE, loss recovered and KL; the signals then default
+    to the activations at `hook` on those contexts."""
     from safetensors.torch import save_file
 
     from sparseinfer.inference import load_signals
 
-    if signals is None:
-        raise SparseInferError("--sae needs --signals (activations, batch x d_in)")
     methods = list(REFINERS) if method == "all" else [method]
     if any(m not in REFINERS for m in methods):
         raise SparseInferError(f"with --sae, --encoder must be one of {', '.join(REFINERS)} or all; got {method!r}")
+    if signals is None and model is None:
+        raise SparseInferError("--sae needs --signals (activations, batch x d_in) or --model to harvest them")
     loaded = load_sae(sae)
-    x = load_signals(signals)
-    rows = [refine(loaded, x, "sae")[1]]
-    codes = None
-    for m in methods:
-        codes, row = refine(loaded, x, m, params)
-        rows.append(row)
+    lm = None
+    if model is not None:
+        from sparseinfer.pretrained_lm import LMContext
+
+        lm = LMContext.load(model, hook, text, contexts, context_length, loaded.dictionary.dim)
+    x = load_signals(signals) if signals is not None else lm.activations()  # type: ignore[union-attr]
+    rows, codes = [], None
+    for m in ["sae", *methods]:
+        refined = build_method(loaded, x, m, params)
+        codes, row = score(refined, x)
+        rows.append(lm.downstream(refined, row) if lm is not None else row)
     if out is not None and codes is not None:
         save_file({"codes": codes.contiguous()}, str(out))
     return refine_table(rows, f"{loaded.source} SAE on {x.shape[0]} signals (N={loaded.dictionary.n_latents})")
