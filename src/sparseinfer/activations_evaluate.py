@@ -7,6 +7,12 @@ Formulas (over the held-out token positions, BOS position excluded):
   reconstruction at every position but BOS; `ce` is the next-token cross-entropy, `ce_clean` without splicing,
   `ce_zero` with the activation zeroed, `loss_recovered = (ce_zero - ce) / (ce_zero - ce_clean)`, and
   `kl` = mean over positions of KL(clean next-token distribution || spliced one).
+
+Comparison at matched L0 (`matched_l0`): encoders differ in L0, so raw rows are not comparable. For each target L0
+(default: every L0 that some run reached) and each encoder label, the metrics (FVU, CE, loss recovered, KL,
+inference FLOPs per token) are interpolated linearly in log L0 between that encoder's two runs bracketing the
+target ("interpolated"; "exact" when a run sits at the target), or, when the target lies outside the encoder's range
+(e.g. a single run), taken from its nearest run in log L0 ("nearest", with that run's own L0 shown).
 """
 
 from __future__ import annotations
@@ -15,6 +21,7 @@ import math
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pandas as pd
 import torch
 from torch import Tensor
@@ -165,13 +172,50 @@ def evaluate_run(
     return row
 
 
+MATCHED_METRICS = ("fvu", "ce", "loss_recovered", "kl", "inference_flops_per_token")
+
+
+def _at_l0(runs: pd.DataFrame, target: float, metrics: list[str]) -> dict[str, Any]:
+    """One encoder's metrics at `target` L0: interpolated in log L0 between bracketing runs, else the nearest run."""
+    runs = runs.sort_values("l0")
+    logs = np.log(runs["l0"].clip(lower=1e-9).to_numpy(dtype=float))
+    t = math.log(max(target, 1e-9))
+    hit = np.isclose(logs, t, rtol=0, atol=1e-9)
+    if hit.any():
+        row = runs.iloc[int(np.argmax(hit))]
+        return {"how": "exact", "l0": float(row["l0"]), **{m: float(row[m]) for m in metrics}}
+    if len(runs) >= 2 and logs[0] < t < logs[-1]:
+        hi = int(np.searchsorted(logs, t))
+        w = (t - logs[hi - 1]) / (logs[hi] - logs[hi - 1])
+        lo_row, hi_row = runs.iloc[hi - 1], runs.iloc[hi]
+        values = {m: float((1 - w) * lo_row[m] + w * hi_row[m]) for m in metrics}
+        return {"how": "interpolated", "l0": float(target), **values}
+    row = runs.iloc[int(np.argmin(np.abs(logs - t)))]
+    return {"how": "nearest", "l0": float(row["l0"]), **{m: float(row[m]) for m in metrics}}
+
+
+def matched_l0(table: pd.DataFrame, targets: list[float] | None = None) -> pd.DataFrame:
+    """Every encoder label at every target L0 (see the module docstring), sorted by target then FVU."""
+    metrics = [m for m in MATCHED_METRICS if m in table]
+    if targets is None:
+        targets = sorted({float(f"{v:.3g}") for v in table["l0"]})
+    rows = [
+        {"target_l0": target, "encoder": label, **_at_l0(runs, target, metrics)}
+        for target in targets
+        for label, runs in table.groupby("encoder", sort=False)
+    ]
+    return pd.DataFrame(rows).sort_values(["target_l0", "fvu"], kind="stable").reset_index(drop=True)
+
+
 def comparison_table(rows: list[dict[str, Any]], out: str | Path | None = None) -> pd.DataFrame:
-    """One row per run, written as Parquet (and FVU-vs-L0 / CE-vs-L0 plots as PNG) when `out` is given."""
+    """One row per run, in run order; with `out`: comparison.parquet, matched_l0.parquet (the same
+    encoders at common L0 values) and frontier.png (FVU vs L0 and downstream CE vs L0)."""
     table = pd.DataFrame([{k: v for k, v in r.items() if k != "freq_hist_log10"} for r in rows])
     if out is not None:
         out = Path(out)
         out.mkdir(parents=True, exist_ok=True)
         table.to_parquet(out / "comparison.parquet")
+        matched_l0(table).to_parquet(out / "matched_l0.parquet")
         _plots(table, out)
     return table
 
@@ -185,8 +229,10 @@ def _plots(table: pd.DataFrame, out: Path) -> None:
     metrics = [m for m in ("fvu", "ce") if m in table]
     fig, axes = plt.subplots(1, len(metrics), figsize=(5 * len(metrics), 4), squeeze=False)
     for ax, metric in zip(axes[0], metrics, strict=True):
-        for _, r in table.iterrows():
-            ax.scatter(r["l0"], r[metric], label=r["encoder"])
+        for label, runs in table.groupby("encoder", sort=False):
+            runs = runs.sort_values("l0")
+            ax.plot(runs["l0"], runs[metric], marker="o", label=label)  # one frontier line per encoder
+        ax.set_xscale("log")
         ax.set_xlabel("L0 (active latents per token)")
         ax.set_ylabel({"fvu": "FVU", "ce": "spliced next-token CE"}[metric])
         if metric == "ce" and "ce_clean" in table:
@@ -197,18 +243,23 @@ def _plots(table: pd.DataFrame, out: Path) -> None:
     plt.close(fig)
 
 
-def rich_table(table: pd.DataFrame) -> Any:
-    """The comparison as a rich table for the terminal."""
+RUN_COLUMNS = ["encoder", "l0", "fvu", "dead_fraction", "dense_fraction", "ce_clean", "ce", "ce_zero"]
+RUN_COLUMNS += ["loss_recovered", "kl", "inference_flops_per_token", "train_flops"]
+MATCHED_COLUMNS = ["target_l0", "encoder", "how", "l0", *MATCHED_METRICS]
+TEXT_COLUMNS = ("encoder", "how")
+
+
+def rich_table(table: pd.DataFrame, title: str = "dictionaries on held-out activations") -> Any:
+    """A comparison table (per run, or `matched_l0`'s) as a rich table for the terminal."""
     from rich.table import Table
 
-    columns = ["encoder", "l0", "fvu", "dead_fraction", "dense_fraction", "ce_clean", "ce", "ce_zero"]
-    columns += ["loss_recovered", "kl", "inference_flops_per_token", "train_flops"]
-    shown = Table(title="dictionaries on held-out activations")
+    columns = MATCHED_COLUMNS if "target_l0" in table else RUN_COLUMNS
+    shown = Table(title=title)
     present = [c for c in columns if c in table]
     for c in present:
-        shown.add_column(c, justify="left" if c == "encoder" else "right")
+        shown.add_column(c, justify="left" if c in TEXT_COLUMNS else "right")
     for _, r in table.iterrows():
-        shown.add_row(*(str(r[c]) if c == "encoder" else f"{r[c]:.4g}" for c in present))
+        shown.add_row(*(str(r[c]) if c in TEXT_COLUMNS else f"{r[c]:.4g}" for c in present))
     return shown
 
 

@@ -1,13 +1,16 @@
 """Train any registered encoder with a learned dictionary (the `learn_both` regime) on language-model activations.
 
-The data stream from an activation store (or straight from the model) does not fit `training.fit`, which takes
-one in-memory tensor, so this is a streaming loop that reuses the regime's loss and after-step renormalisation and
-the FLOP accounting, and adds what SAE users expect: input normalisation (a fixed scale making the mean squared
-norm equal `dim`), decoder bias initialised at the data mean, unit-norm atoms with the radial gradient component
-removed, encoder rows tied to the atoms at start, dead-latent resampling, L1 and learning-rate warm-up with a final
-linear decay, bf16 autocast on CUDA, and checkpoints that resume exactly. `l1` follows the usual SAE convention,
-loss per token = ||x - x_hat||^2 + l1 * sum |s|, converted to the regime's per-element means so that it transfers
-across dictionary sizes.
+This module is configuration plus callbacks around the one training loop, `training.fit`, fed a stream of batches
+(from an activation store or straight from the model). It adds what SAE users expect: input normalisation (a
+fixed scale making the mean squared norm equal `dim`), the decoder bias initialised at the data mean, coordinate-wise
+median or geometric median (`bias_init`), unit-norm atoms with the radial gradient component removed, encoder rows
+tied to the atoms at start, dead latents handled by resampling or by the AuxK loss (`dead_latents`), L1 and
+learning-rate warm-up with a final linear decay, bf16 autocast on CUDA, and checkpoints that resume exactly.
+
+Losses (`loss`): "sae" follows the usual SAE convention, loss per token = ||x - x_hat||^2 + l1 * sum |s|, converted to
+the regime's per-element means so that it transfers across dictionary sizes; "study" is the reference study's
+MSE / batch variance + l1 * mean |s| (see `sparseinfer.lm.losses`). Presets (`sparseinfer.lm.presets`) hold the
+study's settings.
 
 A run folder holds `run.json` (config, scale, store, history), `encoder.safetensors`, `dictionary/`, and while
 training `checkpoint.pt`.
@@ -18,21 +21,24 @@ from __future__ import annotations
 import json
 import math
 import time
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import torch
 from pydantic import BaseModel, ConfigDict, Field
 from safetensors.torch import load_file, save_file
 from torch import Tensor
-from tqdm.auto import tqdm
 
-from sparseinfer.codes import SparseCodes, as_dense
+from sparseinfer.codes import Codes, as_dense
 from sparseinfer.dictionary import Dictionary
 from sparseinfer.encoders.base import Encoder, create
 from sparseinfer.errors import SparseInferError
-from sparseinfer.training.accounting import training_step_flops
+from sparseinfer.lm.losses import AuxK, auxk_flops, batch_variance, normaliser_flops, study_loss
+from sparseinfer.lm.median import centre_of
+from sparseinfer.lm.presets import preset_settings
+from sparseinfer.training.config import TrainConfig
+from sparseinfer.training.fit import FitHooks, FitState, fit, learnable_parameters
 from sparseinfer.training.regimes import get_regime
 
 RUN_FILE = "run.json"
@@ -41,10 +47,13 @@ CHECKPOINT = "checkpoint.pt"
 
 
 class LMTrainConfig(BaseModel):
-    """Settings of one training run on activations (validated; unknown keys are errors)."""
+    """Settings of one training run on activations (validated; unknown keys are errors).
+
+    With `preset`, the preset's settings fill every field not given explicitly (`resolve`)."""
 
     model_config = ConfigDict(extra="forbid")
 
+    preset: str | None = None
     encoder: str = "relu"
     hparams: dict[str, Any] = Field(default_factory=dict)
     expansion: int = Field(8, ge=1, description="n_latents = expansion x dim (the study uses 22)")
@@ -53,24 +62,37 @@ class LMTrainConfig(BaseModel):
     lr: float = Field(1e-3, gt=0)
     warmup_steps: int = Field(50, ge=0)
     decay_fraction: float = Field(0.2, ge=0, le=1, description="linear LR decay to 0 over this last fraction")
+    loss: Literal["sae", "study"] = "sae"
     l1: float | None = Field(
         None,
         ge=0,
-        description="lambda on sum |s| against the summed squared error per token; None: 0 for TopK-style"
-        " encoders (a `k`), else 5",
+        description="sparsity weight: 'sae' loss, lambda on sum |s| against the summed squared error per token; "
+        "'study' loss, lambda on mean |s|. None: 0 for TopK-style encoders (a `k`), else 5 ('sae') or 1e-4 ('study')",
     )
     l1_warmup_steps: int = Field(100, ge=0)
     normalise: bool = True
+    bias_init: Literal["mean", "median", "geometric_median", "zero"] = "mean"
+    dead_latents: Literal["resample", "auxk", "none"] = "resample"
     resample_every: int = Field(250, ge=1, description="steps between dead-latent resampling")
     dead_tokens: int = Field(100_000, ge=1, description="a latent is dead after this many tokens without firing")
+    auxk_k: int | None = Field(None, ge=1, description="dead latents per token in AuxK; None: dim // 2")
+    auxk_coef: float = Field(1 / 32, gt=0)
     checkpoint_every: int = Field(200, ge=1)
     eval_every: int = Field(50, ge=1)
     seed: int = 0
     autocast: bool = True
 
 
-def _schedule(config: LMTrainConfig, step: int) -> tuple[float, float]:
-    """(LR multiplier, L1 multiplier) at `step` (1-based)."""
+def resolve(config: LMTrainConfig, dim: int) -> LMTrainConfig:
+    """The config with its preset's settings for width `dim` under the explicitly given fields (idempotent)."""
+    if config.preset is None:
+        return config
+    explicit = {k: getattr(config, k) for k in config.model_fields_set}
+    return LMTrainConfig(**{**preset_settings(config.preset, dim), **explicit})
+
+
+def schedule(config: LMTrainConfig, step: int) -> tuple[float, float]:
+    """(LR multiplier, L1 multiplier) at `step` (1-based): linear warm-ups, linear LR decay over the last part."""
     warm = min(1.0, step / config.warmup_steps) if config.warmup_steps else 1.0
     decay_start = config.steps * (1 - config.decay_fraction)
     decay = 1.0 if step <= decay_start else max(0.0, (config.steps - step) / max(1.0, config.steps - decay_start))
@@ -78,49 +100,16 @@ def _schedule(config: LMTrainConfig, step: int) -> tuple[float, float]:
     return warm * decay, l1
 
 
-def default_l1(encoder: Encoder) -> float:
-    """0 for encoders that fix their sparsity by a `k` (TopK, BatchTopK, MLP with k), else the usual SAE value 5."""
-    return 0.0 if getattr(encoder, "k", None) else 5.0
+def default_l1(encoder: Encoder, loss: str = "sae") -> float:
+    """0 for encoders that fix their sparsity by a `k` (TopK, BatchTopK, MLP with k), else 5 ('sae') / 1e-4."""
+    if getattr(encoder, "k", None):
+        return 0.0
+    return 5.0 if loss == "sae" else 1e-4
 
 
 def _tied_rows(encoder: Encoder, n_latents: int, dim: int) -> list[tuple[str, torch.nn.Parameter]]:
     """Encoder parameters holding one row per latent: (n_latents, dim) matrices and (n_latents,) biases."""
     return [(n, p) for n, p in encoder.named_parameters() if p.shape in ((n_latents, dim), (n_latents,))]
-
-
-class _State:
-    """Everything a checkpoint restores."""
-
-    def __init__(self, encoder: Encoder, dictionary: Dictionary, optimiser: torch.optim.Optimizer | None) -> None:
-        self.encoder, self.dictionary, self.optimiser = encoder, dictionary, optimiser
-        self.step, self.flops, self.tokens = 0, 0, 0
-        self.since_fired = torch.zeros(dictionary.n_latents, dtype=torch.long)
-        self.history: list[dict[str, float]] = []
-
-    def save(self, path: Path, scale: float) -> None:
-        blob = {
-            "encoder": self.encoder.state_dict(),
-            "dictionary": self.dictionary.state_dict(),
-            "optimiser": self.optimiser.state_dict() if self.optimiser else None,
-            "step": self.step,
-            "flops": self.flops,
-            "tokens": self.tokens,
-            "since_fired": self.since_fired,
-            "history": self.history,
-            "scale": scale,
-        }
-        torch.save(blob, path.with_suffix(".tmp"))
-        path.with_suffix(".tmp").replace(path)
-
-    def load(self, path: Path) -> float:
-        blob = torch.load(path, map_location="cpu", weights_only=False)
-        self.encoder.load_state_dict(blob["encoder"])
-        self.dictionary.load_state_dict(blob["dictionary"])
-        if self.optimiser and blob["optimiser"]:
-            self.optimiser.load_state_dict(blob["optimiser"])
-        self.step, self.flops, self.tokens = blob["step"], blob["flops"], blob["tokens"]
-        self.since_fired, self.history = blob["since_fired"], blob["history"]
-        return float(blob["scale"])
 
 
 def data_scale(sample: Tensor) -> float:
@@ -129,11 +118,12 @@ def data_scale(sample: Tensor) -> float:
 
 
 def build(config: LMTrainConfig, dim: int, sample: Tensor | None = None) -> tuple[Encoder, Dictionary]:
-    """Encoder and dictionary for `dim`: random unit atoms, bias at the mean of the (scaled) `sample`, tied rows."""
+    """Encoder and dictionary for `dim`: random unit atoms, bias at `bias_init` of the (scaled) `sample`, tied rows."""
+    config = resolve(config, dim)
     n_latents = config.expansion * dim
     gen = torch.Generator().manual_seed(config.seed)
     atoms = torch.randn(n_latents, dim, generator=gen)
-    bias = sample.mean(0) if sample is not None else torch.zeros(dim)
+    bias = centre_of(sample.float(), config.bias_init) if sample is not None else torch.zeros(dim)
     dictionary = Dictionary(atoms, bias=bias)
     torch.manual_seed(config.seed)
     encoder = create(config.encoder, dim=dim, n_latents=n_latents, **config.hparams)
@@ -143,7 +133,7 @@ def build(config: LMTrainConfig, dim: int, sample: Tensor | None = None) -> tupl
     return encoder, dictionary
 
 
-def _project_radial(dictionary: Dictionary) -> None:
+def project_radial(dictionary: Dictionary) -> None:
     """Remove each atom's gradient component along the atom, so steps move along the unit sphere."""
     g, a = dictionary.atoms.grad, dictionary.atoms
     if g is not None:
@@ -151,37 +141,138 @@ def _project_radial(dictionary: Dictionary) -> None:
 
 
 @torch.no_grad()
-def _resample(state: _State, x: Tensor, dead: Tensor) -> int:
+def resample(
+    encoder: Encoder, dictionary: Dictionary, optimiser: torch.optim.Optimizer | None, x: Tensor, dead: Tensor,
+    generator: torch.Generator,
+) -> int:  # fmt: skip
     """Point dead atoms at the worst-reconstructed inputs of `x` and reset their encoder rows and Adam moments."""
-    idx = torch.nonzero(dead).flatten()
+    idx = torch.nonzero(dead).flatten().to(dictionary.atoms.device)
     if idx.numel() == 0:
         return 0
-    enc, dic = state.encoder, state.dictionary
-    residual = x - dic.decode(enc(x, dic))
-    err = residual.pow(2).sum(1)
-    pick = torch.multinomial(err / err.sum(), idx.numel(), replacement=idx.numel() > x.shape[0])
-    directions = torch.nn.functional.normalize(residual[pick], dim=1)
-    dic.atoms[idx] = directions.to(dic.atoms.dtype)
-    rows = _tied_rows(enc, dic.n_latents, dic.dim)
-    alive = ~dead.to(dic.atoms.device)
+    residual = x - dictionary.decode(encoder(x, dictionary)).float()
+    err = residual.pow(2).sum(1).double().cpu()
+    pick = torch.multinomial(err / err.sum(), idx.numel(), replacement=idx.numel() > x.shape[0], generator=generator)
+    directions = torch.nn.functional.normalize(residual[pick.to(residual.device)], dim=1)
+    dictionary.atoms[idx] = directions.to(dictionary.atoms.dtype)
+    rows = _tied_rows(encoder, dictionary.n_latents, dictionary.dim)
+    alive = ~dead.to(dictionary.atoms.device)
     for _, p in rows:
         if p.ndim == 2:
             norm = p[alive].norm(dim=1).mean() if alive.any() else torch.tensor(1.0)
             p[idx] = directions.to(p.dtype) * 0.2 * norm
         else:
             p[idx] = 0.0
-    if state.optimiser is not None:
-        for p in [dic.atoms, *(p for _, p in rows)]:
-            for moment in state.optimiser.state.get(p, {}).values():
+    if optimiser is not None:
+        for p in [dictionary.atoms, *(p for _, p in rows)]:
+            for moment in optimiser.state.get(p, {}).values():
                 if isinstance(moment, Tensor) and moment.shape == p.shape:
                     moment[idx] = 0.0
-    state.since_fired[idx.cpu()] = 0
     return int(idx.numel())
+
+
+class _Callbacks:
+    """The LM-specific parts of a run, as `fit` hooks: loss (SAE or study, + AuxK), dead-latent tracking and
+    resampling, per-row training metrics, checkpoints."""
+
+    def __init__(
+        self, config: LMTrainConfig, encoder: Encoder, dictionary: Dictionary, optimiser: torch.optim.Optimizer,
+        checkpoint: Path, scale: float,
+    ) -> None:  # fmt: skip
+        self.config, self.encoder, self.dictionary, self.optimiser = config, encoder, dictionary, optimiser
+        self.checkpoint, self.scale = checkpoint, scale
+        self.since_fired = torch.zeros(dictionary.n_latents, dtype=torch.long)
+        self.auxk = None
+        if config.dead_latents == "auxk":
+            self.auxk = AuxK(encoder, config.auxk_k or max(1, dictionary.dim // 2), config.auxk_coef)
+        self._batch = 0
+
+    def dead(self) -> Tensor:
+        """Latents that have not fired for `dead_tokens` tokens."""
+        return self.since_fired >= self.config.dead_tokens
+
+    def loss(self, x: Tensor, codes: Codes, x_hat: Tensor, l1: float, penalty: Tensor | None) -> Tensor:
+        self._batch = x.shape[0]
+        x_hat = x_hat.float()
+        if self.config.loss == "study":
+            total = study_loss(x, codes, x_hat, l1, penalty)
+        else:
+            total = get_regime("learn_both").loss(x, codes, x_hat, l1, penalty=penalty)
+        if self.auxk is not None:
+            aux = self.auxk.loss(x, x_hat, self.dictionary, self.dead())
+            if aux is not None:
+                norm = batch_variance(x.detach()) if self.config.loss == "study" else 1.0
+                total = total + aux / norm
+        return total
+
+    def extra_flops(self) -> int:
+        dim, n = self.dictionary.dim, self.dictionary.n_latents
+        extra = normaliser_flops(self._batch, dim).total if self.config.loss == "study" else 0
+        if self.auxk is not None and self.auxk.last_k:
+            extra += auxk_flops(self._batch, dim, n, self.auxk.last_k).total + (1 if self.config.loss == "study" else 0)
+        return extra
+
+    def after_step(self, state: FitState, x: Tensor, codes: Codes, x_hat: Tensor | None) -> None:
+        cfg = self.config
+        dense = as_dense(codes).detach()
+        fired = (dense != 0).any(0).cpu()
+        self.since_fired = torch.where(fired, 0, self.since_fired + x.shape[0])
+        resampled = 0
+        if cfg.dead_latents == "resample" and state.step % cfg.resample_every == 0:
+            if state.step < cfg.steps * (1 - cfg.decay_fraction):
+                gen = torch.Generator().manual_seed(cfg.seed * 1_000_003 + state.step)
+                resampled = resample(self.encoder, self.dictionary, self.optimiser, x, self.dead(), gen)
+                self.since_fired[self.dead()] = 0
+        row = state.history[-1] if state.history else None
+        if row is not None and row["step"] == state.step and x_hat is not None:
+            xh = x_hat.detach().float()
+            mse = (x - xh).pow(2).sum(1).mean()
+            row.update(
+                tokens=state.step * x.shape[0],
+                fvu=float(mse / (x - x.mean(0)).pow(2).sum(1).mean()),
+                l0=float((dense != 0).float().sum(1).mean()),
+                dead_fraction=float(self.dead().float().mean()),
+                resampled=resampled,
+                lr=cfg.lr * schedule(cfg, state.step)[0],
+            )
+        if state.step % cfg.checkpoint_every == 0 and state.step < cfg.steps:
+            self.save(state)
+
+    def save(self, state: FitState) -> None:
+        blob = {
+            "encoder": self.encoder.state_dict(),
+            "dictionary": self.dictionary.state_dict(),
+            "optimiser": self.optimiser.state_dict(),
+            "step": state.step,
+            "flops": state.flops,
+            "history": state.history,
+            "since_fired": self.since_fired,
+            "scale": self.scale,
+        }
+        tmp = self.checkpoint.with_suffix(".tmp")
+        torch.save(blob, tmp)
+        tmp.replace(self.checkpoint)
+
+    def load(self) -> FitState:
+        blob = torch.load(self.checkpoint, map_location="cpu", weights_only=False)
+        self.encoder.load_state_dict(blob["encoder"])
+        self.dictionary.load_state_dict(blob["dictionary"])
+        self.optimiser.load_state_dict(blob["optimiser"])
+        self.since_fired, self.scale = blob["since_fired"], float(blob["scale"])
+        return FitState(blob["step"], blob["flops"], blob["history"])
+
+    def close(self) -> None:
+        if self.auxk is not None:
+            self.auxk.close()
+
+
+def _on_device(batches: Iterable[Tensor], device: torch.device, scale: float) -> Iterator[Tensor]:
+    for xb in batches:
+        yield xb.to(device, torch.float32) * scale
 
 
 def train_on_activations(
     config: LMTrainConfig,
-    batches: Iterator[Tensor],
+    batches: Iterable[Tensor],
     out: str | Path,
     dim: int,
     sample: Tensor,
@@ -190,10 +281,11 @@ def train_on_activations(
     progress: bool = True,
     resume: bool = True,
 ) -> dict[str, Any]:
-    """Train `config.encoder` and a dictionary on `batches` of raw activations; write the run folder `out`.
+    """Train `config.encoder` and a dictionary on `batches` of raw activations with `training.fit`; write `out`.
 
     `sample` (raw activations, some thousand tokens) sets the scale and the bias init. Returns `run.json`'s content.
     """
+    config = resolve(config, dim)
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     device = torch.device(device)
@@ -202,74 +294,33 @@ def train_on_activations(
     encoder, dictionary = build(config, dim, sample.float() * scale)
     encoder.to(device)
     dictionary.to(device)
-    params = [*(encoder.parameters() if encoder.trainable else []), *dictionary.parameters()]
+    params, _ = learnable_parameters(encoder, dictionary, regime)
     optimiser = torch.optim.Adam(params, lr=config.lr, betas=(0.9, 0.999))
-    state = _State(encoder, dictionary, optimiser)
-    ckpt = out / CHECKPOINT
-    if resume and ckpt.exists():
-        scale = state.load(ckpt)
-    for _ in range(state.step):  # the same data order as an uninterrupted run
-        next(batches, None)
-    n_params = sum(p.numel() for p in params)
-    l1_weight = default_l1(encoder) if config.l1 is None else config.l1
-    use_autocast = config.autocast and device.type == "cuda"
-    start, start_tokens = time.perf_counter(), state.tokens
-    bar = tqdm(total=config.steps, initial=state.step, disable=not progress, desc=f"train {config.encoder}")
-    encoder.train()
-    while state.step < config.steps:
-        xb = next(batches, None)
-        if xb is None:
-            raise SparseInferError(f"the activation stream ran out at step {state.step}; use more data or epochs")
-        x = xb.to(device, torch.float32) * scale
-        state.step += 1
-        lr_mult, l1_mult = _schedule(config, state.step)
-        for group in optimiser.param_groups:
-            group["lr"] = config.lr * lr_mult
-        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_autocast):
-            codes = encoder(x, dictionary)
-            penalty = encoder.sparsity_penalty(codes) if encoder.has_own_penalty() else None
-            x_hat = dictionary.decode(codes)
-            l1 = l1_weight * l1_mult * dictionary.n_latents / dim  # the regime's loss uses means over elements
-            loss = regime.loss(x, codes, x_hat.float(), l1, penalty=penalty)
-        optimiser.zero_grad(set_to_none=True)
-        loss.backward()
-        _project_radial(dictionary)
-        optimiser.step()
-        regime.after_step(dictionary)
-        fired = (as_dense(codes).detach() != 0).any(0).cpu()
-        state.since_fired = torch.where(fired, 0, state.since_fired + x.shape[0])
-        state.tokens += x.shape[0]
-        sparse_k = codes.values.shape[1] if isinstance(codes, SparseCodes) else None
-        state.flops += training_step_flops(encoder, dictionary, x.shape[0], regime, n_params, True, sparse_k)
-        if not torch.isfinite(loss):
-            raise SparseInferError(
-                f"training diverged at step {state.step} (loss {float(loss.detach())}); lower the lr"
-            )
-        resampled = 0
-        if state.step % config.resample_every == 0 and state.step < config.steps * (1 - config.decay_fraction):
-            resampled = _resample(state, x, state.since_fired >= config.dead_tokens)
-        if state.step % config.eval_every == 0 or state.step == config.steps:
-            dense = as_dense(codes).detach().float()
-            mse = (x - x_hat.detach().float()).pow(2).sum(1).mean()
-            fvu = float(mse / (x - x.mean(0)).pow(2).sum(1).mean())
-            row = {
-                "step": state.step,
-                "tokens": state.tokens,
-                "train_flops": state.flops,
-                "loss": float(loss.detach()),
-                "fvu": fvu,
-                "l0": float((dense != 0).float().sum(1).mean()),
-                "dead_fraction": float((state.since_fired >= config.dead_tokens).float().mean()),
-                "resampled": resampled,
-                "lr": config.lr * lr_mult,
-            }
-            state.history.append(row)
-            bar.set_postfix(fvu=f"{fvu:.3f}", l0=f"{row['l0']:.1f}")
-        if state.step % config.checkpoint_every == 0 and state.step < config.steps:
-            state.save(ckpt, scale)
-        bar.update(1)
-    bar.close()
-    encoder.eval()
+    callbacks = _Callbacks(config, encoder, dictionary, optimiser, out / CHECKPOINT, scale)
+    state = FitState()
+    if resume and callbacks.checkpoint.exists():
+        state = callbacks.load()
+        scale = callbacks.scale
+    l1_weight = default_l1(encoder, config.loss) if config.l1 is None else config.l1
+    per_element = l1_weight * dictionary.n_latents / dim if config.loss == "sae" else l1_weight
+    train_config = TrainConfig(
+        steps=config.steps, lr=config.lr, batch_size=config.batch_size, l1=per_element, eval_every=config.eval_every
+    )
+    hooks = FitHooks(
+        loss=callbacks.loss,
+        extra_flops=callbacks.extra_flops,
+        after_backward=project_radial,
+        after_step=callbacks.after_step,
+    )
+    start, start_step = time.perf_counter(), state.step
+    try:
+        fit(
+            encoder, dictionary, _on_device(batches, device, scale), regime, train_config,
+            seed=config.seed, progress=progress, schedule=lambda step: schedule(config, step), hooks=hooks,
+            state=state, optimiser=optimiser, autocast=config.autocast,
+        )  # fmt: skip
+    finally:
+        callbacks.close()
     seconds = time.perf_counter() - start
     info = {
         "config": config.model_dump(),
@@ -278,11 +329,12 @@ def train_on_activations(
         "scale": scale,
         "l1": l1_weight,
         "source": source or {},
-        "tokens_per_second": (state.tokens - start_tokens) / seconds if seconds > 0 else float("nan"),
-        "history": state.history,
+        "train_flops": state.flops,
+        "tokens_per_second": (state.step - start_step) * config.batch_size / seconds if seconds > 0 else math.nan,
+        "history": [r for r in state.history if r["step"] > 0],
     }
     save_run(out, encoder, dictionary, info)
-    ckpt.unlink(missing_ok=True)
+    callbacks.checkpoint.unlink(missing_ok=True)
     return info
 
 

@@ -246,6 +246,74 @@ def evaluate(
     console.print(rich_table(matched_l0(table), "the same encoders at matched L0"))
 
 
+llm_app = typer.Typer(help="The local explainer LLM (llama.cpp server, OpenAI-compatible).", no_args_is_help=True)
+app.add_typer(llm_app, name="llm")
+
+
+@llm_app.command("serve")
+def llm_serve(
+    gguf: Annotated[Path | None, typer.Option(help="GGUF model file (default: SmolLM2-135M-Instruct)")] = None,
+    port: Annotated[int, typer.Option(min=1, max=65535)] = 8089,
+    threads: Annotated[int, typer.Option(min=1)] = 1,
+    n_ctx: Annotated[int, typer.Option(min=64, help="context window in tokens")] = 4096,
+) -> None:
+    """Serve a GGUF model on 127.0.0.1:PORT/v1 until Ctrl-C (point SPARSEINFER_LLM_BASE_URL at it)."""
+    import time
+
+    from sparseinfer.interp.server import LocalLLMServer
+
+    with LocalLLMServer(gguf, port=port, threads=threads, n_ctx=n_ctx) as server:
+        console.print(f"serving {server.gguf.name} at {server.base_url} (Ctrl-C stops)")
+        while server.running:
+            time.sleep(0.5)
+
+
+@app.command()
+def interpret(
+    runs: Annotated[list[Path], typer.Argument(help="encoder folders (`train` runs or native folders)")],
+    store: Annotated[Path, typer.Option(help="activation store to draw examples from")],
+    out: Annotated[Path, typer.Option(help="results folder (resumable)")] = Path("results/interp"),
+    latents: Annotated[int, typer.Option(min=1, help="latents per encoder (random among live ones)")] = 20,
+    min_count: Annotated[int, typer.Option(min=1, help="a latent must fire this often to be picked")] = 20,
+    fuzz: Annotated[bool, typer.Option(help="also run the fuzzing scorer")] = True,
+    seed: Annotated[int, typer.Option()] = 0,
+    base_url: Annotated[str | None, typer.Option(help="OpenAI-compatible URL (env SPARSEINFER_LLM_BASE_URL)")] = None,
+    llm_model: Annotated[str | None, typer.Option(help="model name (env SPARSEINFER_LLM_MODEL)")] = None,
+    concurrency: Annotated[int, typer.Option(min=1, help="parallel LLM requests")] = 1,
+    serve: Annotated[bool, typer.Option(help="start the local SmolLM2 server for this run when no URL is set")] = False,
+    threads: Annotated[int, typer.Option(min=1, help="--serve: llama.cpp threads")] = 1,
+) -> None:
+    """Explain and score latents of one or more encoders with an LLM; print the comparison across encoders."""
+    import contextlib
+
+    from sparseinfer.interp.client import ChatClient, LLMConfig
+    from sparseinfer.interp.pipeline import InterpretConfig
+    from sparseinfer.interp.pipeline import interpret as run_interpret
+    from sparseinfer.interp.report import comparison_table
+    from sparseinfer.interp.server import LocalLLMServer
+
+    cfg = InterpretConfig(n_latents=latents, min_count=min_count, fuzz=fuzz, seed=seed)
+    with contextlib.ExitStack() as stack:
+        if serve and base_url is None:
+            base_url = stack.enter_context(LocalLLMServer(threads=threads)).base_url
+        llm = LLMConfig.from_env(base_url=base_url, model=llm_model, concurrency=concurrency,
+                                 cache_dir=out / "llm-cache")  # fmt: skip
+        client = stack.enter_context(ChatClient(llm))
+        scores, comparison = run_interpret(runs, store, out, client, cfg, progress=console.print)
+    console.print(comparison_table(scores, comparison))
+
+
+@app.command()
+def dashboard(
+    results: Annotated[Path, typer.Argument(help="folder written by `sparseinfer interpret`")],
+    site: Annotated[Path | None, typer.Option(help="where to write the site (default RESULTS/site)")] = None,
+) -> None:
+    """Write a static feature browser (index with search/sorting, one page per latent); open index.html."""
+    from sparseinfer.interp.dashboard import write_dashboard
+
+    console.print(f"[green]dashboard written to {write_dashboard(results, site)}[/green]")
+
+
 def main() -> None:
     """Entry point: one-line errors with exit code 2 for bad input; Ctrl-C exits with 130."""
     try:

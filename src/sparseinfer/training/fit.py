@@ -1,14 +1,24 @@
-"""`fit`: the ONE training loop, over (encoder, dictionary, data, regime). Every method of the study goes through it."""
+"""`fit`: the ONE training loop, over (encoder, dictionary, data, regime). Every method of the study goes through it,
+and so does training on language-model activations (`sparseinfer.activations_training`).
+
+Data: an in-memory tensor (indexed into full or shuffled minibatches) or any iterable of batches (a stream from an
+activation store). Options that the synthetic study leaves off: a `schedule(step) -> (lr multiplier, l1 multiplier)`,
+bf16 autocast on CUDA, a `FitState` to resume from, and `FitHooks` (a replacement loss with its FLOPs, a gradient
+hook between backward and the optimiser step, and an after-step hook for dead-latent tracking, resampling and
+checkpoints).
+"""
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+import contextlib
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass, field
 
 import torch
 from torch import Tensor
 from tqdm.auto import tqdm
 
-from sparseinfer.codes import SparseCodes
+from sparseinfer.codes import Codes, SparseCodes
 from sparseinfer.dictionary import Dictionary
 from sparseinfer.encoders.base import Encoder
 from sparseinfer.errors import SparseInferError
@@ -18,6 +28,33 @@ from sparseinfer.training.regimes import Regime
 from sparseinfer.validation import check_signals
 
 Evaluate = Callable[[], dict[str, float]]
+Schedule = Callable[[int], tuple[float, float]]
+LossFn = Callable[[Tensor, Codes, Tensor, float, Tensor | None], Tensor]
+
+
+@dataclass
+class FitState:
+    """Where a run stands: steps done, cumulative training FLOPs and the history rows (a checkpoint saves these)."""
+
+    step: int = 0
+    flops: int = 0
+    history: list[dict[str, float]] = field(default_factory=list)
+
+
+@dataclass
+class FitHooks:
+    """Optional callbacks of `fit` (all None: the plain loop of the study).
+
+    - `loss(x, codes, x_hat, l1, penalty)` replaces the regime's unsupervised loss; `extra_flops()` returns the FLOPs
+      it (or anything else) spent on the last step beyond the regime's loss, added to the count.
+    - `after_backward(dictionary)`: between backward and the optimiser step (e.g. project out radial gradients).
+    - `after_step(state, x, codes, x_hat)`: after the step is counted and recorded (dead latents, checkpoints).
+    """
+
+    loss: LossFn | None = None
+    extra_flops: Callable[[], int] | None = None
+    after_backward: Callable[[Dictionary], None] | None = None
+    after_step: Callable[[FitState, Tensor, Codes, Tensor | None], None] | None = None
 
 
 def _batches(n: int, batch_size: int | None, seed: int) -> Iterator[Tensor | None]:
@@ -32,7 +69,9 @@ def _batches(n: int, batch_size: int | None, seed: int) -> Iterator[Tensor | Non
             yield order[start : start + batch_size]
 
 
-def _learnable(encoder: Encoder, dictionary: Dictionary, regime: Regime) -> tuple[list[torch.nn.Parameter], bool]:
+def learnable_parameters(
+    encoder: Encoder, dictionary: Dictionary, regime: Regime
+) -> tuple[list[torch.nn.Parameter], bool]:
     """Parameters the regime trains; freezes the rest so autograd (and FLOP counts) skip them."""
     learn_encoder = regime.learn_encoder and encoder.trainable
     params = list(encoder.parameters()) if learn_encoder else []
@@ -43,10 +82,25 @@ def _learnable(encoder: Encoder, dictionary: Dictionary, regime: Regime) -> tupl
     return params, learn_encoder
 
 
+def _data(
+    train_x: Tensor | Iterable[Tensor], train_codes: Tensor | None, batch_size: int | None, seed: int
+) -> Iterator[tuple[Tensor, Tensor | None]]:
+    """(signals, true codes or None) batches: indexed from a tensor, or taken from an iterable as they come."""
+    if isinstance(train_x, Tensor):
+        for index in _batches(train_x.shape[0], batch_size, seed):
+            if index is None:
+                yield train_x, train_codes
+            else:
+                yield train_x[index], None if train_codes is None else train_codes[index]
+    else:
+        for xb in train_x:
+            yield xb, None
+
+
 def fit(
     encoder: Encoder,
     dictionary: Dictionary,
-    train_x: Tensor,
+    train_x: Tensor | Iterable[Tensor],
     regime: Regime,
     config: TrainConfig,
     *,
@@ -54,53 +108,95 @@ def fit(
     evaluate: Evaluate | None = None,
     seed: int = 0,
     progress: bool = False,
+    schedule: Schedule | None = None,
+    hooks: FitHooks | None = None,
+    state: FitState | None = None,
+    optimiser: torch.optim.Optimizer | None = None,
+    autocast: bool = False,
 ) -> list[dict[str, float]]:
-    """Train what `regime` says on `train_x` and return the history: one row per evaluation.
+    """Train what `regime` says on `train_x` (a tensor, or an iterable of batches) and return the history.
 
-    Each row holds `step`, cumulative `train_flops` (exactly the FLOP accounting's count of the steps run),
-    `loss` and whatever `evaluate()` returns. Iterative encoders in `learn_both` give dictionary learning: codes are
-    inferred by the solver, the dictionary takes the gradient step.
+    Each history row holds `step`, cumulative `train_flops` (exactly the FLOP accounting's count of the steps run,
+    plus the hooks' `extra_flops`), `loss` and whatever `evaluate()` returns. Iterative encoders in `learn_both` give
+    dictionary learning: codes are inferred by the solver, the dictionary takes the gradient step.
+
+    Resuming: pass the `state` (and the `optimiser`, with its state) of an interrupted run; the data batches it
+    already consumed are skipped, so the run continues as if uninterrupted. `schedule(step)` (1-based) multiplies
+    the learning rate and the L1 weight. `autocast` runs encoder, decoder and loss in bfloat16 on CUDA tensors.
     """
-    check_signals(train_x, dictionary.dim, dictionary.atoms.dtype)
-    if regime.supervised and (train_codes is None or train_codes.shape != (train_x.shape[0], dictionary.n_latents)):
-        raise SparseInferError(f"setting {regime.name!r} needs true codes of shape ({train_x.shape[0]}, N)")
+    if isinstance(train_x, Tensor):
+        check_signals(train_x, dictionary.dim, dictionary.atoms.dtype)
+        if regime.supervised and (train_codes is None or train_codes.shape != (train_x.shape[0], dictionary.n_latents)):
+            raise SparseInferError(f"setting {regime.name!r} needs true codes of shape ({train_x.shape[0]}, N)")
+    elif regime.supervised:
+        raise SparseInferError(f"setting {regime.name!r} needs true codes, so its data must be one tensor")
+    hooks = hooks or FitHooks()
+    state = state if state is not None else FitState()
     torch.manual_seed(seed)
-    params, learn_encoder = _learnable(encoder, dictionary, regime)
-    history: list[dict[str, float]] = []
+    params, learn_encoder = learnable_parameters(encoder, dictionary, regime)
+    history = state.history
 
-    def record(step: int, flops: int, loss: float) -> None:
-        history.append({"step": step, "train_flops": flops, "loss": loss, **(evaluate() if evaluate else {})})
+    def record(step: int, loss: float) -> None:
+        history.append({"step": step, "train_flops": state.flops, "loss": loss, **(evaluate() if evaluate else {})})
 
     if not params or config.steps == 0:
-        record(0, 0, float("nan"))
+        if state.step == 0:
+            record(0, float("nan"))
         return history
-    opt_cls = torch.optim.Adam if config.optimiser == "adam" else torch.optim.SGD
-    optimiser = opt_cls(params, lr=config.lr)
+    if optimiser is None:
+        opt_cls = torch.optim.Adam if config.optimiser == "adam" else torch.optim.SGD
+        optimiser = opt_cls(params, lr=config.lr)
     n_params = sum(p.numel() for p in params)
-    batches = _batches(train_x.shape[0], config.batch_size, seed)
-    record(0, 0, float("nan"))
-    flops = 0
+    batches = _data(train_x, train_codes, config.batch_size, seed)
+    for _ in range(state.step):  # the batches an interrupted run already used
+        next(batches, None)
+    if state.step == 0:
+        record(0, float("nan"))
     encoder.train()
-    for step in tqdm(range(1, config.steps + 1), disable=not progress, desc=f"train {encoder.name}", leave=False):
-        index = next(batches)
-        xb = train_x if index is None else train_x[index]
-        codes = encoder(xb, dictionary)
-        if regime.supervised:
-            cb = train_codes if index is None else train_codes[index]
-            loss = regime.loss(xb, codes, None, config.l1, true_codes=cb)
-        else:
-            penalty = encoder.sparsity_penalty(codes) if encoder.has_own_penalty() else None
-            loss = regime.loss(xb, codes, dictionary.decode(codes), config.l1, penalty=penalty)
+    bar = tqdm(total=config.steps, initial=state.step, disable=not progress, desc=f"train {encoder.name}", leave=False)
+    while state.step < config.steps:
+        step = state.step + 1
+        batch = next(batches, None)
+        if batch is None:
+            raise SparseInferError(f"the training data ran out at step {step}; give more data (or epochs)")
+        xb, cb = batch
+        l1 = config.l1
+        if schedule is not None:
+            lr_mult, l1_mult = schedule(step)
+            l1 = config.l1 * l1_mult
+            for group in optimiser.param_groups:
+                group["lr"] = config.lr * lr_mult
+        use_autocast = autocast and xb.device.type == "cuda"
+        context = torch.autocast("cuda", dtype=torch.bfloat16) if use_autocast else contextlib.nullcontext()
+        x_hat = None
+        with context:
+            codes = encoder(xb, dictionary)
+            if regime.supervised:
+                loss = regime.loss(xb, codes, None, l1, true_codes=cb)
+            else:
+                penalty = encoder.sparsity_penalty(codes) if encoder.has_own_penalty() else None
+                x_hat = dictionary.decode(codes)
+                loss_fn = hooks.loss or (lambda x, c, xh, lam, pen: regime.loss(x, c, xh, lam, penalty=pen))
+                loss = loss_fn(xb, codes, x_hat, l1, penalty)
         optimiser.zero_grad(set_to_none=True)
         loss.backward()
+        if hooks.after_backward is not None:
+            hooks.after_backward(dictionary)
         optimiser.step()
         regime.after_step(dictionary)
         sparse_k = codes.values.shape[1] if isinstance(codes, SparseCodes) else None
-        flops += training_step_flops(encoder, dictionary, xb.shape[0], regime, n_params, learn_encoder, sparse_k)
+        state.flops += training_step_flops(encoder, dictionary, xb.shape[0], regime, n_params, learn_encoder, sparse_k)
+        if hooks.extra_flops is not None:
+            state.flops += hooks.extra_flops()
+        state.step = step
         if step % config.eval_every == 0 or step == config.steps:
             value = float(loss.detach())
             if not torch.isfinite(loss):
                 raise SparseInferError(f"training diverged at step {step} (loss {value}); lower the learning rate")
-            record(step, flops, value)
+            record(step, value)
+        if hooks.after_step is not None:
+            hooks.after_step(state, xb, codes, x_hat)
+        bar.update(1)
+    bar.close()
     encoder.eval()
     return history

@@ -1,0 +1,66 @@
+"""Harvest throughput (tokens/s) against the model's plain forward pass over the same contexts, and their ratio.
+
+    python benchmarks/bench_lm_harvest.py --model smollm2-135m --hook resid_pre.9 --contexts 32 --context-length 128
+
+The plain pass runs the whole model (logits included) with no hooks; harvesting stops after the hooked layer and
+writes checksummed shards, so the ratio shows the cost of storage against the saving of the early stop.
+Prints one JSON line.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import tempfile
+import time
+from itertools import islice
+
+import torch
+
+from sparseinfer.data.activations import HarvestConfig, contexts_for, harvest
+from sparseinfer.lm.model import load_model
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model", default="smollm2-135m")
+    parser.add_argument("--hook", default="resid_pre.9")
+    parser.add_argument("--text", default="shakespeare")
+    parser.add_argument("--contexts", type=int, default=32)
+    parser.add_argument("--context-length", type=int, default=128)
+    parser.add_argument("--batch-size", type=int, default=8)
+    parser.add_argument("--device", default="cpu")
+    args = parser.parse_args()
+    cfg = HarvestConfig(args.model, (args.hook,), args.text, context_length=args.context_length,
+                        n_contexts=args.contexts, contexts_per_shard=args.contexts, batch_size=args.batch_size,
+                        device=args.device)  # fmt: skip
+    lm = load_model(args.model, args.device)
+    model, tokenizer = lm
+    rows = list(islice(contexts_for(cfg, tokenizer), args.contexts))
+    tokens = len(rows) * args.context_length
+    sync = torch.cuda.synchronize if args.device.startswith("cuda") else (lambda: None)
+    with torch.no_grad():
+        model(input_ids=torch.stack(rows[: args.batch_size]).to(args.device), use_cache=False)  # warm-up
+        sync()
+        start = time.perf_counter()
+        for i in range(0, len(rows), args.batch_size):
+            model(input_ids=torch.stack(rows[i : i + args.batch_size]).to(args.device), use_cache=False)
+        sync()
+        forward_s = time.perf_counter() - start
+    with tempfile.TemporaryDirectory() as tmp:
+        result = harvest(cfg, tmp, progress=False, model=lm)
+    line = {
+        "model": args.model,
+        "hook": args.hook,
+        "device": args.device,
+        "tokens": tokens,
+        "forward_tokens_per_s": tokens / forward_s,
+        "harvest_tokens_per_s": result.tokens_per_second,
+        "harvest_over_forward": result.tokens_per_second / (tokens / forward_s),
+        "threads": torch.get_num_threads(),
+    }
+    print(json.dumps(line))
+
+
+if __name__ == "__main__":
+    main()
