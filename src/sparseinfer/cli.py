@@ -93,6 +93,10 @@ def run(
     out: Annotated[Path, typer.Option(help="results folder")] = Path("results/run"),
     workers: Annotated[int, typer.Option(min=1, help="parallel worker processes")] = 1,
     resume: Annotated[bool, typer.Option(help="skip finished runs of an interrupted sweep")] = False,
+    backend: Annotated[str, typer.Option(help="process (local pool) | ray (one Ray task per run)")] = "process",
+    ray_address: Annotated[
+        str | None, typer.Option(help="with --backend ray: cluster address (default: a local cluster)")
+    ] = None,
 ) -> None:
     """Run one config or a sweep (a config with `methods:`) into OUT, then write the report."""
     from sparseinfer.experiments.config import load_runs
@@ -102,7 +106,7 @@ def run(
 
     runs = load_runs(config)
     specs = [RunSpec(r.run_id(), r.model_dump(mode="json")) for r in runs]
-    run_sweep(specs, out, execute, workers=workers, resume=resume)
+    run_sweep(specs, out, execute, workers=workers, resume=resume, backend=backend, ray_address=ray_address)
     write_report(out, console=console)
 
 

@@ -244,6 +244,8 @@ def run_sweep(
     workers: int = 1,
     resume: bool = False,
     progress: bool = True,
+    backend: str = "process",
+    ray_address: str | None = None,
 ) -> pd.DataFrame:
     """Run every spec into `out_dir/runs/<run_id>/` and return (and write) `out_dir/results.parquet`.
 
@@ -254,13 +256,17 @@ def run_sweep(
     are skipped and incomplete or failed ones are wiped and redone; without it, an `out_dir` that already holds
     runs is refused. `workers > 1` runs in a "spawn" process pool (`execute` must then be a top-level function),
     one torch thread per worker. Ctrl-C cancels pending runs, stops the workers and raises `SweepInterrupted`.
+    `backend="ray"` runs each spec as a Ray task instead (`experiments.ray_backend`): on the cluster at
+    `ray_address`, or on a local one with `workers` CPUs; same folders, same resume and kill-safety.
     """
     specs = list(specs)
     out_dir = Path(out_dir)
     _check_specs(specs)
     if not isinstance(workers, int) or isinstance(workers, bool) or workers < 1:
         raise SparseInferError(f"workers must be a positive integer, got {workers!r}")
-    if workers > 1:
+    if backend not in ("process", "ray"):
+        raise SparseInferError(f"backend must be 'process' or 'ray', got {backend!r}")
+    if workers > 1 or backend == "ray":
         _check_picklable(execute, specs)
     _prepare(out_dir, specs, resume)
 
@@ -291,7 +297,11 @@ def run_sweep(
         bar.update(1)
 
     try:
-        if workers > 1 and pending:
+        if backend == "ray" and pending:
+            from sparseinfer.experiments.ray_backend import run_ray
+
+            run_ray(execute, pending, runs_dir, record, address=ray_address, workers=workers)
+        elif workers > 1 and pending:
             _run_pool(execute, pending, runs_dir, workers, record)
         else:
             for spec in pending:

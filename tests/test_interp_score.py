@@ -1,0 +1,84 @@
+"""Scorer arithmetic against hand computations (balanced accuracy, macro-F1, Welch's t), answer parsing, the
+explainer prompt and reply cleaning, and fuzzing's marked tokens."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pandas as pd
+import pytest
+from scipy import stats
+
+from sparseinfer.errors import SparseInferError
+from sparseinfer.interp.client import ChatClient, LLMConfig
+from sparseinfer.interp.examples import Example, LatentExamples
+from sparseinfer.interp.explain import clean_explanation, explain, explainer_messages
+from sparseinfer.interp.fake import FakeLLMServer
+from sparseinfer.interp.score import binary_scores, compare, detection, fuzzing, parse_yes_no
+
+
+def test_binary_scores_by_hand():
+    truth = [True, True, True, False, False]
+    pred = [True, False, True, True, False]
+    # positives: TP=2 FN=1 -> recall 2/3; negatives: TN=1 FP=1 -> recall 1/2
+    f1_pos = 2 * (2 / 3) * (2 / 3) / (2 / 3 + 2 / 3)  # precision 2/3, recall 2/3
+    f1_neg = 2 * 0.5 * 0.5 / (0.5 + 0.5)  # precision 1/2, recall 1/2
+    assert binary_scores(truth, pred) == pytest.approx(((2 / 3 + 1 / 2) / 2, (f1_pos + f1_neg) / 2))
+    with pytest.raises(SparseInferError, match="both classes"):
+        binary_scores([True, True], [True, False])
+
+
+def test_parse_yes_no():
+    assert parse_yes_no("Yes.") is True and parse_yes_no(" no, it does not") is False
+    assert parse_yes_no("Answer: YES") is True and parse_yes_no("maybe") is None and parse_yes_no("Nobody") is None
+
+
+def test_compare_matches_welch_by_hand():
+    rng = np.random.default_rng(0)
+    a, b = rng.normal(0.6, 0.1, 20), rng.normal(0.5, 0.2, 25)
+    df = pd.DataFrame({"encoder": ["relu"] * 20 + ["topk"] * 25, "f1": np.r_[a, b]})
+    out = compare(df, "f1").set_index("encoder")
+    va, vb = a.var(ddof=1) / 20, b.var(ddof=1) / 25
+    t = (b.mean() - a.mean()) / math.sqrt(va + vb)
+    dof = (va + vb) ** 2 / (va**2 / 19 + vb**2 / 24)
+    assert out.loc["topk", "welch_t"] == pytest.approx(t)
+    assert out.loc["topk", "welch_p"] == pytest.approx(2 * stats.t.sf(abs(t), dof))
+    u = sum((x > y) + 0.5 * (x == y) for x in b for y in a)
+    assert out.loc["topk", "mannwhitney_u"] == pytest.approx(u)
+    assert out.loc["relu", "mean"] == pytest.approx(a.mean()) and math.isnan(out.loc["relu", "welch_p"])
+    with pytest.raises(SparseInferError, match="columns"):
+        compare(df, "missing")
+
+
+def _record() -> LatentExamples:
+    pos = [Example(["a", " fox", " ran"], [0.0, 1.5, 0.0], 1, i, 2) for i in range(4)]
+    neg = [Example(["the", " cat", " sat"], [0.0, 0.0, 0.0], 1, 10 + i, 2) for i in range(3)]
+    return LatentExamples(7, 20, 0.1, 1.5, pos[:2], pos[2:], neg, ([1], [0.0, 1.5]))
+
+
+def test_explainer_prompt_and_cleaning():
+    messages = explainer_messages(_record().top)
+    assert "Excerpt 1: a<< fox>> ran" in messages[1]["content"] and "activation 1.50" in messages[1]["content"]
+    assert clean_explanation('\n  Explanation: "the word fox"\nmore') == "the word fox"
+    assert clean_explanation("   ") == ""
+
+
+def test_detection_and_fuzzing_with_a_scripted_llm():
+    def respond(payload):
+        text = payload["messages"][-1]["content"]
+        if "What does the feature detect?" in text:
+            return "the word fox"
+        body = text.split("Text: ", 1)[1].split("\n\n")[0]
+        if "<<" in body:  # fuzzing: right only when the marked token is fox
+            return "Yes" if "<< fox>>" in body else "No"
+        return "Yes" if "fox" in body else "I cannot tell"  # unparseable counts as no
+
+    with FakeLLMServer(respond) as srv, ChatClient(LLMConfig(base_url=srv.base_url)) as client:
+        rec = _record()
+        explanation = explain(client, rec, n_examples=2)
+        det = detection(client, explanation, rec, n_explain=2, n_positives=2)
+        fz = fuzzing(client, explanation, rec, n_explain=2, n_positives=2)
+    assert explanation == "the word fox"
+    assert (det.balanced_accuracy, det.f1, det.n, det.unparsed) == (1.0, 1.0, 5, 3)
+    assert (fz.balanced_accuracy, fz.n) == (1.0, 4)
