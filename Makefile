@@ -1,6 +1,6 @@
 # Two commands do everything on a fresh machine (Python 3.11 + pip):
 #   make demo   install, then run the quick synthetic study (sparseinfer reproduce all --preset quick)
-#   make test   install (with the interop and language-model extras), then run ruff and the test suite
+#   make test   install (every extra, and Debian's chromium for the browser test), then run ruff and the tests
 PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
@@ -20,8 +20,9 @@ $(VENV)/.core: pyproject.toml constraints.txt
 	touch $@
 
 $(VENV)/.all: $(VENV)/.core
-	$(PIP) -e ".[dev,interop,llm]"
+	$(PIP) -e ".[dev,interop,llm,interp,distributed]"
 	$(BIN)/pip install --quiet --no-deps $(NO_DEPS)
+	command -v chromium >/dev/null || (apt-get update -qq && apt-get install -y -qq chromium >/dev/null)
 	touch $@
 
 install: $(VENV)/.core
