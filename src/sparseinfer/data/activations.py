@@ -101,7 +101,13 @@ def harvest(
         raise SparseInferError("the stores of this harvest hold different numbers of contexts; delete and rerun")
     todo = config.n_contexts - done
     rows = islice(contexts_for(config, tokenizer), done, None)
-    bar = tqdm(total=todo * config.context_length, unit="tok", unit_scale=True, disable=None if progress else True, desc="harvest")
+    bar = tqdm(
+        total=todo * config.context_length,
+        unit="tok",
+        unit_scale=True,
+        disable=None if progress else True,
+        desc="harvest",
+    )
     start, tokens = time.perf_counter(), 0
     buffers: dict[HookPoint, list[torch.Tensor]] = {p: [] for p in points}
     ids_buffer: list[torch.Tensor] = []

@@ -153,7 +153,13 @@ def fit(
     if state.step == 0:
         record(0, float("nan"))
     encoder.train()
-    bar = tqdm(total=config.steps, initial=state.step, disable=None if progress else True, desc=f"train {encoder.name}", leave=False)
+    bar = tqdm(
+        total=config.steps,
+        initial=state.step,
+        disable=None if progress else True,
+        desc=f"train {encoder.name}",
+        leave=False,
+    )
     while state.step < config.steps:
         step = state.step + 1
         batch = next(batches, None)
