@@ -193,7 +193,7 @@ class ActivationStore:
                 n_full = rows.shape[0] // batch_size * batch_size
                 if n_full:
                     yield from rows[:n_full].split(batch_size)
-                carry = rows[n_full:]
+                carry = rows[n_full:].clone()  # a copy: a view would keep the whole group alive
             epoch += 1
         if carry.shape[0] and not drop_last:
             yield carry

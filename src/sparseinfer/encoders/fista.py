@@ -52,10 +52,10 @@ class FISTAEncoder(ProximalEncoder):
             t_next = (1.0 + torch.sqrt(1.0 + 4.0 * t * t)) / 2.0
             beta = (t - 1.0) / t_next
             if self.restart:
-                uphill = ((point - new) * delta).sum(1, keepdim=True) > 0
+                uphill = torch.linalg.vecdot(point - new, delta)[:, None] > 0
                 beta = beta.masked_fill(uphill, 0.0)
                 t_next = t_next.masked_fill(uphill, 1.0)
-            point = new + beta * delta
+            point = torch.addcmul(new, beta, delta)
             t = t_next
             yield new, codes
             codes = new

@@ -44,7 +44,6 @@ class OMPEncoder(IterativeEncoder):
         check_k(self.k, n_latents, "k")
         batch, k = x.shape[0], self.k
         eps = torch.finfo(x.dtype).eps
-        rows = torch.arange(batch, device=x.device)
         norms2 = (atoms * atoms).sum(1)
 
         chol = x.new_zeros(batch, k, k)  # lower Cholesky factor of the support's Gram
@@ -76,27 +75,28 @@ class OMPEncoder(IterativeEncoder):
                 pick = torch.where(forced, forced_order[:, t], pick)
                 best = torch.where(forced, torch.ones_like(best), best)
             ok = active & (best > 0)
-            new_atom = atoms[pick]
+            new_atom = atoms.index_select(0, pick)
             if t > 0:
                 cross = torch.bmm(support_atoms[:, :t], new_atom[:, :, None])  # (batch, t, 1)
                 row = torch.linalg.solve_triangular(chol[:, :t, :t], cross, upper=False).squeeze(2)
             else:
                 cross = x.new_zeros(batch, 0, 1)
                 row = x.new_zeros(batch, 0)
-            diag = norms2[pick] - (row * row).sum(1)
-            ok = ok & (diag > 100 * eps * norms2[pick])  # the new atom is (numerically) in the support's span
+            atom_norm2 = norms2.index_select(0, pick)
+            diag = atom_norm2 - (row * row).sum(1)
+            ok = ok & (diag > 100 * eps * atom_norm2)  # the new atom is (numerically) in the support's span
             active = ok
             keep = ok[:, None]
             chol[:, t, :t] = torch.where(keep, row, 0.0)
             chol[:, t, t] = torch.where(ok, diag.clamp_min(eps).sqrt(), 1.0)
             support_atoms[:, t] = torch.where(keep, new_atom, 0.0)
-            rhs[:, t] = torch.where(ok, corr0[rows, pick], 0.0)
+            rhs[:, t] = torch.where(ok, corr0.gather(1, pick[:, None]).squeeze(1), 0.0)
             indices[:, t] = pick
-            selected[rows, pick] |= ok
+            selected.scatter_(1, pick[:, None], selected.gather(1, pick[:, None]) | ok[:, None])
             if gram is not None:
                 gram[:, t, :t] = torch.where(keep, cross[:, :, 0], 0.0)
                 gram[:, :t, t] = gram[:, t, :t]
-                gram[:, t, t] = torch.where(ok, norms2[pick], 1.0)
+                gram[:, t, t] = torch.where(ok, atom_norm2, 1.0)
             previous = torch.cat([gamma, gamma.new_zeros(batch, 1)], 1)
             if gram is None:
                 gamma = torch.cholesky_solve(rhs[:, : t + 1, None], chol[:, : t + 1, : t + 1]).squeeze(2)
