@@ -202,8 +202,12 @@ def test_two_workers_match_one(tmp_path: Path) -> None:
 
 
 SCRIPT = """
+import signal
 import sys
 from pathlib import Path
+# Ctrl-C reaches a terminal's foreground job even when the test suite itself runs in the background (where
+# SIGINT starts out ignored and Python would not turn it into KeyboardInterrupt).
+signal.signal(signal.SIGINT, signal.default_int_handler)
 sys.path.insert(0, {tests!r})
 from test_runner import make_specs, toy_execute
 from sparseinfer.experiments.runner import run_sweep
