@@ -30,7 +30,8 @@ def results(tmp_path) -> Path:
         (tmp_path / enc).mkdir()
         save_examples([_record(i + 1, w) for i, w in enumerate(words)], tmp_path / enc / "examples.json")
         rows += [{"encoder": enc, "latent": i + 1, "frequency": 0.01 * (i + 1), "explanation": f"the word {w}",
-                  "detection_f1": 0.5 + 0.1 * i, "fuzzing_f1": float("nan")} for i, w in enumerate(words)]  # fmt: skip
+                  "detection_f1": 0.5 + 0.1 * i, "fuzzing_f1": float("nan"), "embedding_auroc": 0.75 + 0.1 * i,
+                  "logit_tokens": [f" {w}s", "<b>"]} for i, w in enumerate(words)]  # fmt: skip
     pd.DataFrame(rows).to_parquet(tmp_path / "scores.parquet")
     return tmp_path
 
@@ -44,6 +45,8 @@ def test_site_content(results):
     assert "the word dog" in page and "&lt;over&gt;" in page  # tokens are escaped
     assert "rgba(255,120,0,1.00)" in page and "rgba(255,120,0,0.25)" in page  # 2.0/2.0 and 0.5/2.0
     assert page.count("<rect") == 3 and "detection f1: <b>0.600</b>" in page and "fuzzing f1: <b>-</b>" in page
+    assert "embedding auroc: <b>0.850</b>" in page and "<td>0.750</td>" in index and "embedding AUROC" in index
+    assert "<code>&#x27; dogs&#x27;</code><code>&#x27;&lt;b&gt;&#x27;</code>" in page  # logit lens, escaped
     with pytest.raises(SparseInferError, match=r"no scores\.parquet"):
         write_dashboard(results / "relu")
 

@@ -151,7 +151,19 @@ def test_interpret_pipeline_and_cli(setup, tmp_path):
     pred = ["fox" in ex.text(None) for ex in pos + rec.negatives]
     row = scores[(scores.encoder == "relu") & (scores.latent == rec.latent)].iloc[0]
     assert (row.detection_bacc, row.detection_f1) == pytest.approx(binary_scores(truth, pred))
-    assert set(comparison.metric) == {"detection_f1", "detection_bacc", "fuzzing_f1", "fuzzing_bacc"}
+    assert set(comparison.metric) == {"detection_f1", "detection_bacc", "fuzzing_f1", "fuzzing_bacc", "embedding_auroc"}
+    # embedding score and logit-lens tokens recomputed directly for the same latent
+    from sparseinfer.interp.embedding import load_embedder, similarity_auroc
+    from sparseinfer.interp.examples import load_encoder
+    from sparseinfer.interp.logit_lens import logit_lens_tokens
+
+    texts = [ex.text(None).strip() for ex in pos], [ex.text(None).strip() for ex in rec.negatives]
+    assert row.embedding_auroc == pytest.approx(similarity_auroc(load_embedder(), "the word fox", *texts))
+    model, tok = load_model(str(root / "model"))
+    atom = load_encoder(encoders[0])[1].atoms.detach()[[rec.latent]]
+    assert list(row.logit_tokens) == logit_lens_tokens(atom, model, tok, 10)[0] and len(row.logit_tokens) == 10
+    explain_prompts = [p["messages"][-1]["content"] for p in srv.payloads if "feature detect?" in str(p)]
+    assert len(explain_prompts) == 8 and all("Tokens the feature promotes" in t for t in explain_prompts)
     with FakeLLMServer(_oracle) as srv:
         result = CliRunner().invoke(app, [
             "interpret", str(encoders[0]), str(encoders[1]), "--store", str(root / "store"), "--out",

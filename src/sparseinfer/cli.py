@@ -280,6 +280,8 @@ def interpret(
     latents: Annotated[int, typer.Option(min=1, help="latents per encoder (random among live ones)")] = 20,
     min_count: Annotated[int, typer.Option(min=1, help="a latent must fire this often to be picked")] = 20,
     fuzz: Annotated[bool, typer.Option(help="also run the fuzzing scorer")] = True,
+    embedding: Annotated[bool, typer.Option(help="also score by sentence embeddings (all-MiniLM-L6-v2)")] = True,
+    logit_tokens: Annotated[int, typer.Option(min=0, help="logit-lens tokens per latent (0: skip the model)")] = 10,
     seed: Annotated[int, typer.Option()] = 0,
     base_url: Annotated[str | None, typer.Option(help="OpenAI-compatible URL (env SPARSEINFER_LLM_BASE_URL)")] = None,
     llm_model: Annotated[str | None, typer.Option(help="model name (env SPARSEINFER_LLM_MODEL)")] = None,
@@ -296,7 +298,9 @@ def interpret(
     from sparseinfer.interp.report import comparison_table
     from sparseinfer.interp.server import LocalLLMServer
 
-    cfg = InterpretConfig(n_latents=latents, min_count=min_count, fuzz=fuzz, seed=seed)
+    cfg = InterpretConfig(
+        n_latents=latents, min_count=min_count, fuzz=fuzz, embedding=embedding, logit_tokens=logit_tokens, seed=seed
+    )
     with contextlib.ExitStack() as stack:
         if serve and base_url is None:
             base_url = stack.enter_context(LocalLLMServer(threads=threads)).base_url

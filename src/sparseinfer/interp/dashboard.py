@@ -1,6 +1,7 @@
 """A static feature browser (no server): `index.html` with search and sortable columns over every interpreted
-latent of every encoder, and one page per latent with its explanation, scores, activation histogram (inline SVG)
-and top/sampled contexts, each token shaded by the latent's activation (hover shows the value)."""
+latent of every encoder, and one page per latent with its explanation, scores, logit-lens tokens, activation
+histogram (inline SVG) and top/sampled contexts, each token shaded by the latent's activation (hover shows the
+value)."""
 
 from __future__ import annotations
 
@@ -24,6 +25,7 @@ th{cursor:pointer;background:#f4f4f4;user-select:none}th:hover{background:#e8e8e
 border-left:3px solid #ccc}
 .tok{border-radius:2px}.peak{outline:2px solid #c00}.meta{color:#666;font-size:.9em}
 .scores span{display:inline-block;margin-right:1.5em}
+.lens code{background:#eef4ff;border:1px solid #c8d8f0;border-radius:3px;padding:1px 4px;margin-right:4px}
 """
 
 SORT_SCRIPT = """
@@ -46,6 +48,15 @@ def _page(title: str, body: str, script: str = "") -> str:
 
 def _num(value: object, digits: int = 3) -> str:
     return "-" if value is None or (isinstance(value, float) and math.isnan(value)) else f"{value:.{digits}f}"
+
+
+def lens_html(tokens: object) -> str:
+    """The logit-lens tokens (a list, or the array Parquet gives back) as code chips; "" when there are none."""
+    listed = [] if tokens is None or isinstance(tokens, float) else [str(t) for t in tokens]  # type: ignore[attr-defined]
+    if not listed:
+        return ""
+    chips = "".join(f"<code>{html.escape(repr(t))}</code>" for t in listed)
+    return f"<p class='lens'><b>Logit lens (promoted tokens):</b> {chips}</p>"
 
 
 def page_name(encoder: str, latent: int) -> str:
@@ -84,12 +95,14 @@ def histogram_svg(counts: list[int], edges: list[float], width: int = 480, heigh
 def latent_page(encoder: str, record: LatentExamples, row: dict) -> str:
     """The page of one latent."""
     scores = "".join(f"<span>{k.replace('_', ' ')}: <b>{_num(row.get(k))}</b></span>"
-                     for k in ("detection_f1", "detection_bacc", "fuzzing_f1", "fuzzing_bacc"))  # fmt: skip
+                     for k in ("detection_f1", "detection_bacc", "fuzzing_f1", "fuzzing_bacc",
+                               "embedding_auroc"))  # fmt: skip
     body = [
         "<p><a href='../index.html'>&larr; all latents</a></p>",
         f"<h1>{html.escape(encoder)} / latent {record.latent}</h1>",
         f"<p class='explanation'><b>Explanation:</b> {html.escape(str(row.get('explanation', '')))}</p>",
         f"<p class='scores'>{scores}</p>",
+        lens_html(row.get("logit_tokens")),
         f"<p class='meta'>fires on {record.frequency:.3%} of tokens ({record.count} times), "
         f"max activation {record.max_activation:.3f}</p>",
         "<h2>Activation histogram (nonzero)</h2>", histogram_svg(*record.histogram),
@@ -121,11 +134,11 @@ def write_dashboard(results: str | Path, site: str | Path | None = None) -> Path
                 f"<td data-v='{record.latent}'><a href='latents/{name}'>{record.latent}</a></td>",
                 f"<td>{html.escape(str(row.get('explanation', '')))}</td>",
                 f"<td data-v='{record.frequency}'>{record.frequency:.3%}</td>",
-                *(f"<td>{_num(row.get(k))}</td>" for k in ("detection_f1", "fuzzing_f1")),
+                *(f"<td>{_num(row.get(k))}</td>" for k in ("detection_f1", "fuzzing_f1", "embedding_auroc")),
             ]
             rows_html.append(f"<tr>{''.join(cells)}</tr>")
     head = "".join(f"<th>{h}</th>" for h in ("encoder", "latent", "explanation", "frequency", "detection F1",
-                                              "fuzzing F1"))  # fmt: skip
+                                              "fuzzing F1", "embedding AUROC"))  # fmt: skip
     body = (f"<h1>Feature browser</h1><input id='search' placeholder='search explanations, encoders, latents'>"
             f" <span id='count'>{len(rows_html)}</span> latents"
             f"<table id='latents'><thead><tr>{head}</tr></thead><tbody>{''.join(rows_html)}</tbody></table>"

@@ -3,6 +3,9 @@ and score them with an LLM, and write `scores.parquet` (one row per encoder and 
 
 Layout of OUT: `<encoder label>/cache/` (sparse codes, resumable), `<encoder label>/examples.json`,
 `scores.parquet` (appended per latent, so an interrupted run resumes), `comparison.parquet`.
+
+Besides the LLM scorers, each latent gets an embedding score (`embedding_auroc`, see `embedding.py`) and its
+logit-lens tokens (`logit_tokens`, see `logit_lens.py`; read through the store's model and shown to the explainer).
 """
 
 from __future__ import annotations
@@ -18,20 +21,23 @@ import pandas as pd
 from sparseinfer.data.store import ActivationStore
 from sparseinfer.errors import SparseInferError
 from sparseinfer.interp.client import ChatClient
+from sparseinfer.interp.embedding import embedding_score, load_embedder
 from sparseinfer.interp.examples import (
     CodeCache,
     build_examples,
     cache_activations,
+    load_encoder,
     load_examples,
     save_examples,
     select_latents,
 )
 from sparseinfer.interp.explain import explain
+from sparseinfer.interp.logit_lens import logit_lens_tokens
 from sparseinfer.interp.score import compare, detection, fuzzing
 
 SCORES = "scores.parquet"
 COMPARISON = "comparison.parquet"
-METRICS = ("detection_f1", "detection_bacc", "fuzzing_f1", "fuzzing_bacc")
+METRICS = ("detection_f1", "detection_bacc", "fuzzing_f1", "fuzzing_bacc", "embedding_auroc")
 
 
 @dataclass(frozen=True)
@@ -47,6 +53,8 @@ class InterpretConfig:
     right: int = 5
     min_count: int = 20
     fuzz: bool = True
+    embedding: bool = True
+    logit_tokens: int = 10
     seed: int = 0
 
 
@@ -55,6 +63,15 @@ def load_tokenizer(model: str) -> Any:
     from sparseinfer.lm.model import _transformers, resolve_model
 
     return _transformers().AutoTokenizer.from_pretrained(resolve_model(model))
+
+
+def logit_tokens_for(run: Path, model: Any, tokenizer: Any, latents: list[int], k: int) -> dict[int, list[str]]:
+    """The `k` logit-lens tokens of each of `latents` of the encoder in `run` (an empty dict when k is 0)."""
+    if k == 0 or not latents:
+        return {}
+    _, dictionary, _ = load_encoder(run)
+    tokens = logit_lens_tokens(dictionary.atoms.detach()[latents], model, tokenizer, k)
+    return dict(zip(latents, tokens, strict=True))
 
 
 def labels_for(runs: list[Path]) -> list[str]:
@@ -100,15 +117,23 @@ def interpret(
     done = pd.read_parquet(scores_path) if scores_path.exists() else pd.DataFrame()
     rows = done.to_dict("records")
     finished = {(r["encoder"], r["latent"]) for r in rows}
+    embed = load_embedder() if config.embedding else None
+    lm = None
     for run, label in zip(runs, labels_for(runs), strict=True):
-        records = load_examples(prepare(run, store, out / label, config, tokenizer))
+        records = [r for r in load_examples(prepare(run, store, out / label, config, tokenizer))
+                   if (label, r.latent) not in finished]  # fmt: skip
+        if records and config.logit_tokens and lm is None:
+            from sparseinfer.lm.model import load_model
+
+            lm, _ = load_model(store.manifest.model)
+        lens = logit_tokens_for(run, lm, tokenizer, [r.latent for r in records], config.logit_tokens)
         for record in records:
-            if (label, record.latent) in finished:
-                continue
             start = time.perf_counter()
-            explanation = explain(client, record, config.n_explain)
+            promoted = lens.get(record.latent)
+            explanation = explain(client, record, config.n_explain, logit_tokens=promoted)
             row = {"encoder": label, "run": str(run), "latent": record.latent, "frequency": record.frequency,
-                   "max_activation": record.max_activation, "explanation": explanation, "unparsed": 0}  # fmt: skip
+                   "max_activation": record.max_activation, "explanation": explanation, "unparsed": 0,
+                   "logit_tokens": list(promoted or [])}  # fmt: skip
             scorers = [("detection", detection)] + ([("fuzzing", fuzzing)] if config.fuzz else [])
             for name, scorer in scorers:
                 try:
@@ -118,6 +143,12 @@ def interpret(
                     continue
                 row |= {f"{name}_f1": score.f1, f"{name}_bacc": score.balanced_accuracy}
                 row["unparsed"] += score.unparsed
+            if embed is not None:
+                try:
+                    row["embedding_auroc"] = embedding_score(embed, explanation, record, config.n_explain,
+                                                             config.n_samples)  # fmt: skip
+                except SparseInferError:  # no held-out windows, or an empty explanation: no score
+                    row["embedding_auroc"] = float("nan")
             row["seconds"] = time.perf_counter() - start
             rows.append(row)
             pd.DataFrame(rows).to_parquet(scores_path)
