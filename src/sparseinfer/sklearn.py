@@ -47,7 +47,30 @@ def objective(X: np.ndarray, codes: np.ndarray, components: np.ndarray, alpha: f
     return float(0.5 * ((X - codes @ components) ** 2).sum() + alpha * np.abs(codes).sum())
 
 
-class SparseEncoder(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstimator):
+class _CodesMixin:
+    """transform / inverse_transform shared by both estimators: codes of X at `components_` (rows), and back."""
+
+    def transform(self, X: Any) -> np.ndarray:
+        """Codes (n_samples, n_components) of X at `components_`."""
+        check_is_fitted(self)
+        X = validate_data(self, X, dtype=np.float64, reset=False)
+        return _encode(self._encoder, X, self.components_)
+
+    def inverse_transform(self, X: Any) -> np.ndarray:
+        """Signals: codes @ components_."""
+        check_is_fitted(self)
+        codes = np.asarray(X, dtype=np.float64)
+        if codes.ndim != 2 or codes.shape[1] != self.n_components_:
+            raise ValueError(f"codes must have shape (n_samples, {self.n_components_}), got {codes.shape}")
+        return codes @ self.components_
+
+    def __sklearn_tags__(self):
+        tags = super().__sklearn_tags__()
+        tags.transformer_tags.preserves_dtype = ["float64"]
+        return tags
+
+
+class SparseEncoder(_CodesMixin, ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstimator):
     """Sparse codes of X for a fixed `dictionary` (n_components, n_features) with any registered `encoder`.
 
     `alpha` is the Lasso penalty (scikit-learn's `transform_alpha`) for encoders that take `penalty`;
@@ -79,27 +102,8 @@ class SparseEncoder(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstim
             raise ValueError(f"dictionary must have shape (n_components, {n_features}), got {atoms.shape}")
         return atoms
 
-    def transform(self, X: Any) -> np.ndarray:
-        """Codes (n_samples, n_components)."""
-        check_is_fitted(self)
-        X = validate_data(self, X, dtype=np.float64, reset=False)
-        return _encode(self._encoder, X, self.components_)
 
-    def inverse_transform(self, X: Any) -> np.ndarray:
-        """Signals codes @ dictionary."""
-        check_is_fitted(self)
-        codes = np.asarray(X, dtype=np.float64)
-        if codes.ndim != 2 or codes.shape[1] != self.n_components_:
-            raise ValueError(f"codes must have shape (n_samples, {self.n_components_}), got {codes.shape}")
-        return codes @ self.components_
-
-    def __sklearn_tags__(self):
-        tags = super().__sklearn_tags__()
-        tags.transformer_tags.preserves_dtype = ["float64"]
-        return tags
-
-
-class DictionaryLearning(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstimator):
+class DictionaryLearning(_CodesMixin, ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstimator):
     """Learn `components_` (n_components, n_features; rows of norm <= 1) and sparse codes, as scikit-learn's
     `DictionaryLearning` does, with codes from any registered encoder (`fit_algorithm`, `transform_algorithm`)."""
 
@@ -192,22 +196,3 @@ class DictionaryLearning(ClassNamePrefixFeaturesOutMixin, TransformerMixin, Base
                 norm = np.linalg.norm(V[k])
             V[k] /= max(norm, 1.0) if gram[k, k] > 1e-12 else norm
         return V
-
-    def transform(self, X: Any) -> np.ndarray:
-        """Codes of X at the learned dictionary with `transform_algorithm`."""
-        check_is_fitted(self)
-        X = validate_data(self, X, dtype=np.float64, reset=False)
-        return _encode(self._encoder, X, self.components_)
-
-    def inverse_transform(self, X: Any) -> np.ndarray:
-        """Signals codes @ components_."""
-        check_is_fitted(self)
-        codes = np.asarray(X, dtype=np.float64)
-        if codes.ndim != 2 or codes.shape[1] != self.n_components_:
-            raise ValueError(f"codes must have shape (n_samples, {self.n_components_}), got {codes.shape}")
-        return codes @ self.components_
-
-    def __sklearn_tags__(self):
-        tags = super().__sklearn_tags__()
-        tags.transformer_tags.preserves_dtype = ["float64"]
-        return tags
