@@ -102,10 +102,10 @@ def run(
     from sparseinfer.experiments.config import load_runs
     from sparseinfer.experiments.execute import execute
     from sparseinfer.experiments.report import write_report
-    from sparseinfer.experiments.runner import RunSpec, run_sweep
+    from sparseinfer.experiments.runner import run_sweep
 
     runs = load_runs(config)
-    specs = [RunSpec(r.run_id(), r.model_dump(mode="json")) for r in runs]
+    specs = [r.spec() for r in runs]
     run_sweep(specs, out, execute, workers=workers, resume=resume, backend=backend, ray_address=ray_address)
     write_report(out, console=console)
 

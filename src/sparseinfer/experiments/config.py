@@ -17,6 +17,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 
 from sparseinfer.data.synthetic import SyntheticConfig
 from sparseinfer.errors import SparseInferError
+from sparseinfer.experiments.runner import RunSpec
 from sparseinfer.training.config import TrainConfig
 
 Setting = Literal["known_codes", "known_dictionary", "learn_both"]
@@ -75,6 +76,10 @@ class RunConfig(_Strict):
         if self.setting == "known_codes" and self.ito is not None:
             raise ValueError("ITO refines codes against a dictionary: not available in setting 'known_codes'")
         return self
+
+    def spec(self) -> RunSpec:
+        """This run as the runner's unit of work: its folder name and its plain config."""
+        return RunSpec(self.run_id(), self.model_dump(mode="json"))
 
     def run_id(self) -> str:
         """A readable, unique folder name: setting, method, sizes, seed and a hash of the whole config."""

@@ -18,7 +18,7 @@ from sparseinfer.errors import SparseInferError
 from sparseinfer.experiments.config import SweepConfig
 from sparseinfer.experiments.execute import execute
 from sparseinfer.experiments.report import write_report
-from sparseinfer.experiments.runner import RunSpec, run_sweep
+from sparseinfer.experiments.runner import run_sweep
 
 
 @dataclass(frozen=True)
@@ -221,7 +221,7 @@ def run_study(
 
         return run_theory(preset, Path(out), workers=workers, resume=resume, seeds=seeds, progress=progress)
     runs = study_sweep(target, preset, encoders, seeds).expand()
-    specs = [RunSpec(run.run_id(), run.model_dump(mode="json")) for run in runs]
+    specs = [run.spec() for run in runs]
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     (out / "notes.md").write_text(NOTES)

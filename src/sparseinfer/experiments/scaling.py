@@ -24,7 +24,7 @@ import pandas as pd
 from sparseinfer.errors import SparseInferError
 from sparseinfer.experiments.config import RunConfig, parse_run
 from sparseinfer.experiments.execute import execute
-from sparseinfer.experiments.runner import RunSpec, run_sweep
+from sparseinfer.experiments.runner import run_sweep
 from sparseinfer.experiments.store import RUNS_DIR, read_parquet, write_parquet
 from sparseinfer.theory.boundary import recovery_boundary
 
@@ -157,7 +157,7 @@ def run_scaling(
     from sparseinfer.experiments.theory_figures import scaling_figures
 
     runs = scaling_runs(preset, seeds)
-    specs = [RunSpec(run.run_id(), run.model_dump(mode="json")) for run in runs]
+    specs = [run.spec() for run in runs]
     out = Path(out)
     results = run_sweep(specs, out, execute, workers=workers, resume=resume, progress=progress)
     if results.empty or "method" not in results:

@@ -119,7 +119,7 @@ def floor_specs(preset: TheoryPreset, seeds: list[int] | None = None) -> list[Ru
             raws.append({"method": name, "encoder": {"name": name, "params": params}, "train": {"steps": 0}})
         for raw in raws:
             run = parse_run({"setting": "known_dictionary", "data": data, **raw})
-            specs.append(RunSpec(run.run_id(), run.model_dump(mode="json")))
+            specs.append(run.spec())
     return specs
 
 
