@@ -190,3 +190,21 @@ def test_example_sweep_is_valid():
     runs = load_runs(Path(__file__).parents[1] / "examples" / "sweep.yaml")
     assert len(runs) == 5 * 2 * 2
     assert {r.method for r in runs} == {"sae", "topk", "lista-5", "fista", "sae+ito"}
+
+
+@pytest.mark.parametrize("target", ["known-codes", "scaling", "theory"])
+def test_run_study_hands_the_backend_to_the_runner(tmp_path, monkeypatch, target):
+    import sparseinfer.experiments.runner as runner
+
+    seen = {}
+
+    def fake_run_sweep(specs, out, execute, **kwargs):
+        seen.update(kwargs)
+        raise SparseInferError("stop after the call")
+
+    monkeypatch.setattr(runner, "run_sweep", fake_run_sweep)
+    for module in ("reproduce", "scaling", "theory_study"):
+        monkeypatch.setattr(f"sparseinfer.experiments.{module}.run_sweep", fake_run_sweep)
+    with pytest.raises(SparseInferError, match="stop after the call"):
+        reproduce.run_study(target, "quick", tmp_path, seeds=[0], backend="ray", ray_address="127.0.0.1:6379")
+    assert seen["backend"] == "ray" and seen["ray_address"] == "127.0.0.1:6379"

@@ -19,6 +19,8 @@ app = typer.Typer(
 )
 TARGETS_HELP = "known-codes | known-dictionary | learn-both | all | scaling | theory | ablation-{topk,l1,bias,sklearn}"
 console = terminal()
+Backend = Annotated[str, typer.Option(help="process (local pool) | ray (one Ray task per run)")]
+RayAddress = Annotated[str | None, typer.Option(help="with --backend ray: cluster address (default: a local cluster)")]
 
 
 @app.command()
@@ -93,10 +95,8 @@ def run(
     out: Annotated[Path, typer.Option(help="results folder")] = Path("results/run"),
     workers: Annotated[int, typer.Option(min=1, help="parallel worker processes")] = 1,
     resume: Annotated[bool, typer.Option(help="skip finished runs of an interrupted sweep")] = False,
-    backend: Annotated[str, typer.Option(help="process (local pool) | ray (one Ray task per run)")] = "process",
-    ray_address: Annotated[
-        str | None, typer.Option(help="with --backend ray: cluster address (default: a local cluster)")
-    ] = None,
+    backend: Backend = "process",
+    ray_address: RayAddress = None,
 ) -> None:
     """Run one config or a sweep (a config with `methods:`) into OUT, then write the report."""
     from sparseinfer.experiments.config import load_runs
@@ -119,13 +119,15 @@ def reproduce(
     resume: Annotated[bool, typer.Option(help="skip finished runs of an interrupted study")] = False,
     encoders: Annotated[str, typer.Option(help="extra registered encoders to compare, comma-separated")] = "",
     seeds: Annotated[str, typer.Option(help="override the preset's seeds, comma-separated")] = "",
+    backend: Backend = "process",
+    ray_address: RayAddress = None,
 ) -> None:
     """Rerun the reference study (../shared/paper-protocol.md) and write results.parquet, report.md and figures."""
     from sparseinfer.experiments.reproduce import run_study
 
     extra = [e.strip() for e in encoders.split(",") if e.strip()]
     seed_list = [int(s) for s in seeds.split(",") if s.strip()] or None
-    run_study(target, preset, out, workers=workers, resume=resume, encoders=extra, seeds=seed_list)
+    run_study(target, preset, out, workers, resume, extra, seed_list, backend=backend, ray_address=ray_address)
     console.print(f"[green]report written to {out / 'report.md'}[/green]")
 
 

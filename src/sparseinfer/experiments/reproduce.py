@@ -207,6 +207,8 @@ def run_study(
     encoders: list[str] | None = None,
     seeds: list[int] | None = None,
     progress: bool = True,
+    backend: str = "process",
+    ray_address: str | None = None,
 ) -> pd.DataFrame:
     """Expand, run (resumably) and report the study: `out/results.parquet`, `out/report.md`, `out/figures/`.
 
@@ -215,16 +217,18 @@ def run_study(
     if target == "scaling":
         from sparseinfer.experiments.scaling import run_scaling
 
-        return run_scaling(preset, Path(out), workers=workers, resume=resume, seeds=seeds, progress=progress)
+        return run_scaling(preset, Path(out), workers, resume, seeds, progress, backend, ray_address)
     if target == "theory":
         from sparseinfer.experiments.theory_study import run_theory
 
-        return run_theory(preset, Path(out), workers=workers, resume=resume, seeds=seeds, progress=progress)
+        return run_theory(preset, Path(out), workers, resume, seeds, progress, backend, ray_address)
     runs = study_sweep(target, preset, encoders, seeds).expand()
     specs = [run.spec() for run in runs]
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     (out / "notes.md").write_text(NOTES)
-    results = run_sweep(specs, out, execute, workers=workers, resume=resume, progress=progress)
+    results = run_sweep(
+        specs, out, execute, workers=workers, resume=resume, progress=progress, backend=backend, ray_address=ray_address
+    )
     write_report(out)
     return results

@@ -152,6 +152,8 @@ def run_scaling(
     resume: bool = False,
     seeds: list[int] | None = None,
     progress: bool = True,
+    backend: str = "process",
+    ray_address: str | None = None,
 ) -> pd.DataFrame:
     """Run the sweep into `out/runs/`, gather `out/scaling.parquet`, draw `out/figures/` and write `out/report.md`."""
     from sparseinfer.experiments.theory_figures import scaling_figures
@@ -159,7 +161,9 @@ def run_scaling(
     runs = scaling_runs(preset, seeds)
     specs = [run.spec() for run in runs]
     out = Path(out)
-    results = run_sweep(specs, out, execute, workers=workers, resume=resume, progress=progress)
+    results = run_sweep(
+        specs, out, execute, workers=workers, resume=resume, progress=progress, backend=backend, ray_address=ray_address
+    )
     if results.empty or "method" not in results:
         raise SparseInferError(f"no run of the scaling sweep completed; see the error.txt files in {out / RUNS_DIR}")
     table = method_rows(results, out)

@@ -232,6 +232,8 @@ def run_theory(
     resume: bool = False,
     seeds: list[int] | None = None,
     progress: bool = True,
+    backend: str = "process",
+    ray_address: str | None = None,
 ) -> pd.DataFrame:
     """Run (a), (b), (c) into `out`; returns the error-floor table."""
     from sparseinfer.experiments.theory_figures import error_floor_figure, phase_figure, rank_figure
@@ -239,7 +241,17 @@ def run_theory(
     p = _preset(preset)
     out = Path(out)
     sweep_dir = out / "error_floor"
-    results = run_sweep(floor_specs(p, seeds), sweep_dir, execute, workers=workers, resume=resume, progress=progress)
+    specs = floor_specs(p, seeds)
+    results = run_sweep(
+        specs,
+        sweep_dir,
+        execute,
+        workers=workers,
+        resume=resume,
+        progress=progress,
+        backend=backend,
+        ray_address=ray_address,
+    )
     if results.empty or "method" not in results:
         raise SparseInferError(f"no error-floor run completed; see the error.txt files in {sweep_dir / RUNS_DIR}")
     floor, best_runs = error_floor(results, sweep_dir, p)
