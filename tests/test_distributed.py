@@ -72,7 +72,7 @@ def ranks(tmp_path_factory) -> list[dict]:
     ]  # fmt: skip
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    return [torch.load(out / f"rank{r}.pt", weights_only=False) for r in range(2)]
+    return [torch.load(out / f"rank{r}.pt", weights_only=True) for r in range(2)]
 
 
 def test_two_ranks_match_one_process_on_concatenated_batches(ranks):

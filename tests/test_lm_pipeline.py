@@ -152,6 +152,12 @@ def test_train_learns_and_resumes_exactly(setup, tmp_path):
     torch.testing.assert_close(resumed.atoms, dictionary.atoms, rtol=1e-5, atol=1e-6)
     assert not (tmp_path / "b" / "checkpoint.pt").exists()
 
+    # a corrupt checkpoint (or a pickle someone hands in) is refused with a one-line error, never unpickled
+    (tmp_path / "c").mkdir()
+    (tmp_path / "c" / "checkpoint.pt").write_bytes(b"\x80\x04garbage")
+    with pytest.raises(SparseInferError, match="cannot resume"):
+        train_from_store(cfg, root / "store", tmp_path / "c", progress=False)
+
 
 def _exact_pair(dim: int):
     """A relu encoder and dictionary that reconstruct any x exactly: atoms [I; -I], codes relu(x), relu(-x)."""

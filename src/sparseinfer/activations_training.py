@@ -253,7 +253,10 @@ class _Callbacks:
         tmp.replace(self.checkpoint)
 
     def load(self) -> FitState:
-        blob = torch.load(self.checkpoint, map_location="cpu", weights_only=False)
+        try:  # the restricted unpickler: tensors, numbers, lists and dicts only, never arbitrary objects
+            blob = torch.load(self.checkpoint, map_location="cpu", weights_only=True)
+        except Exception as err:
+            raise SparseInferError(f"cannot resume from {self.checkpoint}: {str(err).splitlines()[0]}") from None
         self.encoder.load_state_dict(blob["encoder"])
         self.dictionary.load_state_dict(blob["dictionary"])
         self.optimiser.load_state_dict(blob["optimiser"])
