@@ -63,14 +63,21 @@ def tolerance_checks(batch: int, n_latents: int, iterations: int, check_every: i
     return elementwise(checks * (5 * batch * n_latents + 5 * batch))
 
 
-def ista(batch: int, dim: int, n_latents: int, iterations: int, lipschitz: bool = True, check_every: int = 10) -> Flops:
-    """ISTA: s <- T(s + step (b - s G))."""
-    per_iter = gradient_step(batch, dim, n_latents) + threshold(batch, n_latents)
+def _proximal_loop(
+    batch: int, dim: int, n_latents: int, iterations: int, lipschitz: bool, check_every: int, extra: Flops
+) -> Flops:
+    """Set-up, then per iteration a gradient step, a threshold and `extra` per-iteration work, plus the checks."""
+    per_iter = gradient_step(batch, dim, n_latents) + threshold(batch, n_latents) + extra
     return (
         setup(batch, dim, n_latents, lipschitz)
         + per_iter * iterations
         + tolerance_checks(batch, n_latents, iterations, check_every)
     )
+
+
+def ista(batch: int, dim: int, n_latents: int, iterations: int, lipschitz: bool = True, check_every: int = 10) -> Flops:
+    """ISTA: s <- T(s + step (b - s G))."""
+    return _proximal_loop(batch, dim, n_latents, iterations, lipschitz, check_every, Flops())
 
 
 def fista(
@@ -86,12 +93,7 @@ def fista(
     momentum = elementwise(batch * n_latents, 3)
     if restart:
         momentum += elementwise(batch * n_latents, 3) + elementwise(batch, 8)
-    per_iter = gradient_step(batch, dim, n_latents) + threshold(batch, n_latents) + momentum
-    return (
-        setup(batch, dim, n_latents, lipschitz)
-        + per_iter * iterations
-        + tolerance_checks(batch, n_latents, iterations, check_every)
-    )
+    return _proximal_loop(batch, dim, n_latents, iterations, lipschitz, check_every, momentum)
 
 
 def lca(
@@ -104,12 +106,8 @@ def lca(
     warm_start: bool = False,
 ) -> Flops:
     """LCA (Euler steps): u <- a + eta (b - a G) + (1 - eta)(u - a), a = T(u); a warm start sets u from the codes."""
-    per_iter = gradient_step(batch, dim, n_latents) + threshold(batch, n_latents) + elementwise(batch * n_latents, 3)
-    flops = (
-        setup(batch, dim, n_latents, lipschitz)
-        + per_iter * iterations
-        + tolerance_checks(batch, n_latents, iterations, check_every)
-    )
+    dynamics = elementwise(batch * n_latents, 3)
+    flops = _proximal_loop(batch, dim, n_latents, iterations, lipschitz, check_every, dynamics)
     return flops + elementwise(batch * n_latents, 3) if warm_start else flops
 
 
