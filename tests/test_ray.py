@@ -4,6 +4,7 @@ without duplicates, resume skipping complete runs."""
 from __future__ import annotations
 
 import os
+import socket
 import subprocess
 import sys
 import time
@@ -99,16 +100,38 @@ methods:
 """
 
 
-def test_cli_run_with_ray_backend_matches_process_backend(tmp_path):
-    """`sparseinfer run --backend ray` (its own local cluster) writes the same numbers as the default backend."""
+@pytest.fixture()
+def head_node():
+    """A separately started Ray head (`ray start --head --block`, its own processes, stopped with the fixture)."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    env = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0", "RAY_AUTH_MODE": "disabled"}
+    cmd = [str(Path(sys.executable).with_name("ray")), "start", "--head", "--block", "--port", str(port),
+           "--num-cpus", "2", "--node-ip-address", "127.0.0.1", "--include-dashboard", "false"]  # fmt: skip
+    head = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    log = []
+    for line in head.stdout:  # ready once it says it blocks
+        log.append(line)
+        if "--block" in line or head.poll() is not None:
+            break
+    assert head.poll() is None, "".join(log)[-3000:]
+    yield f"127.0.0.1:{port}", env
+    head.terminate()  # SIGTERM: `ray start --block` stops the processes it started
+    head.wait(timeout=60)
+
+
+def test_cli_sweep_on_a_running_cluster_matches_process_backend(tmp_path, head_node):
+    """`sparseinfer sweep --backend ray --address ADDR` on a cluster started beforehand writes the same numbers as the
+    default process pool."""
     from sparseinfer.experiments.config import load_runs
     from sparseinfer.experiments.execute import execute
 
+    address, env = head_node
     config = tmp_path / "sweep.yaml"
     config.write_text(SWEEP)
-    cmd = [sys.executable, "-m", "sparseinfer.cli", "run", str(config), "--out", str(tmp_path / "ray"),
-           "--workers", "2", "--backend", "ray"]  # fmt: skip
-    env = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0"}
+    cmd = [sys.executable, "-m", "sparseinfer.cli", "sweep", str(config), "--out", str(tmp_path / "ray"),
+           "--workers", "2", "--backend", "ray", "--address", address]  # fmt: skip
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=180, env=env)
     assert proc.returncode == 0, proc.stderr[-3000:]
     remote = pd.read_parquet(tmp_path / "ray" / "results.parquet").sort_values("run_id").reset_index(drop=True)

@@ -6,6 +6,9 @@ fixed scale making the mean squared norm equal `dim`), the decoder bias initiali
 median or geometric median (`bias_init`), unit-norm atoms with the radial gradient component removed, encoder rows
 tied to the atoms at start, dead latents handled by resampling or by the AuxK loss (`dead_latents`), L1 and
 learning-rate warm-up with a final linear decay, bf16 autocast on CUDA, and checkpoints that resume exactly.
+Data-parallel under `torchrun` (`train_from_store(..., distributed=True)`): each rank reads its own shards of the
+store, the statistics sample is gathered from all ranks, gradients are averaged, dead-latent counts, resampling and
+the logged metrics use every rank's batch, and rank 0 writes; a checkpoint resumes at any world size.
 
 Losses (`loss`): "sae" follows the usual SAE convention, loss per token = ||x - x_hat||^2 + l1 * sum |s|, converted to
 the regime's per-element means so that it transfers across dictionary sizes; "study" is the reference study's
@@ -20,6 +23,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import time
 from collections.abc import Iterable, Iterator
 from pathlib import Path
@@ -38,6 +42,7 @@ from sparseinfer.lm.losses import AuxK, auxk_flops, batch_variance, normaliser_f
 from sparseinfer.lm.median import centre_of
 from sparseinfer.lm.presets import preset_settings
 from sparseinfer.training.config import TrainConfig
+from sparseinfer.training.distributed import DataParallel
 from sparseinfer.training.fit import FitHooks, FitState, fit, learnable_parameters
 from sparseinfer.training.regimes import get_regime
 
@@ -172,14 +177,15 @@ def resample(
 
 class _Callbacks:
     """The LM-specific parts of a run, as `fit` hooks: loss (SAE or study, + AuxK), dead-latent tracking and
-    resampling, per-row training metrics, checkpoints."""
+    resampling, per-row training metrics, checkpoints. Under data parallelism the dead-latent counts, resampling
+    and metrics use every rank's batch (so all ranks stay identical), and only rank 0 writes checkpoints."""
 
     def __init__(
         self, config: LMTrainConfig, encoder: Encoder, dictionary: Dictionary, optimiser: torch.optim.Optimizer,
-        checkpoint: Path, scale: float,
+        checkpoint: Path, scale: float, group: DataParallel,
     ) -> None:  # fmt: skip
         self.config, self.encoder, self.dictionary, self.optimiser = config, encoder, dictionary, optimiser
-        self.checkpoint, self.scale = checkpoint, scale
+        self.checkpoint, self.scale, self.group = checkpoint, scale, group
         self.since_fired = torch.zeros(dictionary.n_latents, dtype=torch.long)
         self.auxk = None
         if config.dead_latents == "auxk":
@@ -212,32 +218,35 @@ class _Callbacks:
         return extra
 
     def after_step(self, state: FitState, x: Tensor, codes: Codes, x_hat: Tensor | None) -> None:
-        cfg = self.config
+        cfg, group = self.config, self.group
         dense = as_dense(codes).detach()
-        fired = (dense != 0).any(0).cpu()
-        self.since_fired = torch.where(fired, 0, self.since_fired + x.shape[0])
+        fired = group.max((dense != 0).any(0).to(torch.int32)).cpu() > 0
+        self.since_fired = torch.where(fired, 0, self.since_fired + x.shape[0] * group.world)
         resampled = 0
         if cfg.dead_latents == "resample" and state.step % cfg.resample_every == 0:
             if state.step < cfg.steps * (1 - cfg.decay_fraction):
                 gen = torch.Generator().manual_seed(cfg.seed * 1_000_003 + state.step)
-                resampled = resample(self.encoder, self.dictionary, self.optimiser, x, self.dead(), gen)
+                everyone = group.gather(x)  # the same inputs and generator on every rank: the same new atoms
+                resampled = resample(self.encoder, self.dictionary, self.optimiser, everyone, self.dead(), gen)
                 self.since_fired[self.dead()] = 0
         row = state.history[-1] if state.history else None
         if row is not None and row["step"] == state.step and x_hat is not None:
-            xh = x_hat.detach().float()
-            mse = (x - xh).pow(2).sum(1).mean()
+            xs, xh = group.gather(x), group.gather(x_hat.detach().float())
+            l0 = group.gather((dense != 0).float().sum(1))
+            mse = (xs - xh).pow(2).sum(1).mean()
             row.update(
-                tokens=state.step * x.shape[0],
-                fvu=float(mse / (x - x.mean(0)).pow(2).sum(1).mean()),
-                l0=float((dense != 0).float().sum(1).mean()),
+                tokens=state.step * xs.shape[0],
+                fvu=float(mse / (xs - xs.mean(0)).pow(2).sum(1).mean()),
+                l0=float(l0.mean()),
                 dead_fraction=float(self.dead().float().mean()),
                 resampled=resampled,
                 lr=cfg.lr * schedule(cfg, state.step)[0],
             )
-        if state.step % cfg.checkpoint_every == 0 and state.step < cfg.steps:
+        if state.step % cfg.checkpoint_every == 0 and state.step < cfg.steps and group.is_main:
             self.save(state)
 
     def save(self, state: FitState) -> None:
+        """Write the checkpoint atomically: weights, optimiser, step, FLOPs and history (all totals over ranks)."""
         blob = {
             "encoder": self.encoder.state_dict(),
             "dictionary": self.dictionary.state_dict(),
@@ -283,23 +292,29 @@ def train_on_activations(
     device: str | torch.device = "cpu",
     progress: bool = True,
     resume: bool = True,
+    group: DataParallel | None = None,
 ) -> dict[str, Any]:
     """Train `config.encoder` and a dictionary on `batches` of raw activations with `training.fit`; write `out`.
 
     `sample` (raw activations, some thousand tokens) sets the scale and the bias init. Returns `run.json`'s content.
+    With a `group` of several ranks, `batches` and `sample` are this rank's own (equal batch sizes on every rank);
+    the sample is gathered so that all ranks compute the same statistics.
     """
     config = resolve(config, dim)
+    group = group or DataParallel()
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     device = torch.device(device)
     regime = get_regime("learn_both")
+    sample = group.gather(sample.float().to(device)).cpu()
     scale = data_scale(sample) if config.normalise else 1.0
-    encoder, dictionary = build(config, dim, sample.float() * scale)
+    encoder, dictionary = build(config, dim, sample * scale)
     encoder.to(device)
     dictionary.to(device)
+    group.broadcast([encoder, dictionary])
     params, _ = learnable_parameters(encoder, dictionary, regime)
     optimiser = torch.optim.Adam(params, lr=config.lr, betas=(0.9, 0.999))
-    callbacks = _Callbacks(config, encoder, dictionary, optimiser, out / CHECKPOINT, scale)
+    callbacks = _Callbacks(config, encoder, dictionary, optimiser, out / CHECKPOINT, scale, group)
     state = FitState()
     if resume and callbacks.checkpoint.exists():
         state = callbacks.load()
@@ -319,12 +334,13 @@ def train_on_activations(
     try:
         fit(
             encoder, dictionary, _on_device(batches, device, scale), regime, train_config,
-            seed=config.seed, progress=progress, schedule=lambda step: schedule(config, step), hooks=hooks,
-            state=state, optimiser=optimiser, autocast=config.autocast,
+            seed=config.seed, progress=progress and group.is_main, schedule=lambda step: schedule(config, step),
+            hooks=group.hooks(params, hooks), state=state, optimiser=optimiser, autocast=config.autocast,
         )  # fmt: skip
     finally:
         callbacks.close()
     seconds = time.perf_counter() - start
+    tokens = (state.step - start_step) * config.batch_size  # tokens per step over all ranks
     info = {
         "config": config.model_dump(),
         "dim": dim,
@@ -332,12 +348,14 @@ def train_on_activations(
         "scale": scale,
         "l1": l1_weight,
         "source": source or {},
+        "world_size": group.world,
         "train_flops": state.flops,
-        "tokens_per_second": (state.step - start_step) * config.batch_size / seconds if seconds > 0 else math.nan,
+        "tokens_per_second": tokens / seconds if seconds > 0 else math.nan,
         "history": [r for r in state.history if r["step"] > 0],
     }
-    save_run(out, encoder, dictionary, info)
-    callbacks.checkpoint.unlink(missing_ok=True)
+    if group.is_main:
+        save_run(out, encoder, dictionary, info)
+        callbacks.checkpoint.unlink(missing_ok=True)
     return info
 
 
@@ -373,16 +391,47 @@ def train_from_store(
     resume: bool = True,
     shards_in_memory: int = 4,
     sample_tokens: int = 8192,
+    distributed: bool = False,
 ) -> dict[str, Any]:
-    """Train on an activation store, streaming shuffled batches across its shards (forever, epoch after epoch)."""
+    """Train on an activation store, streaming shuffled batches across its shards (forever, epoch after epoch).
+
+    `distributed`: this process is one rank of a `torchrun` launch (gloo on CPU, nccl on CUDA, one GPU per rank by
+    LOCAL_RANK); the ranks split the store's shards and `config.batch_size` (see `store_stream`)."""
     from sparseinfer.data.store import ActivationStore
 
     st = ActivationStore.open(store)
-    sample = st.sample(sample_tokens, seed=config.seed + 1)
-    batches = st.iter_batches(config.batch_size, seed=config.seed, shards_in_memory=shards_in_memory)
+    group = DataParallel()
+    if distributed:
+        if torch.device(device).type == "cuda":
+            device = f"cuda:{int(os.environ.get('LOCAL_RANK', 0))}"
+            torch.cuda.set_device(device)
+        group = DataParallel.join(device)
+    sample, batches = store_stream(st, config, group.rank, group.world, shards_in_memory, sample_tokens)
     m = st.manifest
     source = {"store": str(store), "model": m.model, "hook": m.hook, "tokens": st.usable_tokens()}
-    return train_on_activations(config, batches, out, m.dim, sample, source, device, progress, resume)
+    return train_on_activations(config, batches, out, m.dim, sample, source, device, progress, resume, group)
+
+
+def store_stream(
+    store: Any, config: LMTrainConfig, rank: int = 0, world: int = 1, shards_in_memory: int = 4,
+    sample_tokens: int = 8192,
+) -> tuple[Tensor, Iterator[Tensor]]:  # fmt: skip
+    """Rank `rank`'s statistics sample and batch stream from an `ActivationStore`: shards rank, rank + world, ...
+
+    Each rank reads only its own shards; its batches hold `batch_size / world` tokens and its sample
+    `sample_tokens / world`, so that the ranks together see one batch (and one sample) of the configured size."""
+    config = resolve(config, store.manifest.dim)
+    n_shards = len(store.manifest.shards)
+    if world > n_shards:
+        raise SparseInferError(f"the store has {n_shards} shards for {world} ranks: each rank needs its own shard")
+    if config.batch_size % world:
+        raise SparseInferError(f"batch_size {config.batch_size} does not split evenly over {world} ranks")
+    mine = list(range(rank, n_shards, world))
+    sample = store.sample(max(1, sample_tokens // world), seed=config.seed + 1, shards=mine)
+    batches = store.iter_batches(
+        config.batch_size // world, seed=config.seed, shards_in_memory=shards_in_memory, shards=mine
+    )
+    return sample, batches
 
 
 def train_on_the_fly(

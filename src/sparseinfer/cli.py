@@ -20,7 +20,10 @@ app = typer.Typer(
 TARGETS_HELP = "known-codes | known-dictionary | learn-both | all | scaling | theory | ablation-{topk,l1,bias,sklearn}"
 console = terminal()
 Backend = Annotated[str, typer.Option(help="process (local pool) | ray (one Ray task per run)")]
-RayAddress = Annotated[str | None, typer.Option(help="with --backend ray: cluster address (default: a local cluster)")]
+RayAddress = Annotated[
+    str | None,
+    typer.Option("--ray-address", "--address", help="with --backend ray: cluster address (default: a local cluster)"),
+]
 
 
 @app.command()
@@ -110,6 +113,9 @@ def run(
     write_report(out, console=console)
 
 
+app.command("sweep", help="Run a sweep config (same as `run`): --backend ray [--address ADDR] for a Ray cluster.")(run)
+
+
 @app.command()
 def reproduce(
     target: Annotated[str, typer.Argument(help=TARGETS_HELP)] = "all",
@@ -197,6 +203,9 @@ def train(
     seed: Annotated[int | None, typer.Option()] = None,
     device: Annotated[str, typer.Option()] = "cpu",
     resume: Annotated[bool, typer.Option(help="continue from OUT/checkpoint.pt")] = True,
+    distributed: Annotated[
+        bool, typer.Option(help="one rank of `torchrun --no-python sparseinfer train ...` (needs --store)")
+    ] = False,
 ) -> None:
     """Train an encoder and a dictionary (learn_both) on a store, or on the fly from a model when no --store."""
     from pydantic import ValidationError
@@ -204,6 +213,7 @@ def train(
     from sparseinfer.activations_training import LMTrainConfig, train_from_store
     from sparseinfer.activations_training import train_on_the_fly as run_on_the_fly
     from sparseinfer.inference import parse_params
+    from sparseinfer.training.distributed import is_main
 
     given = dict(
         preset=preset, encoder=encoder, hparams=parse_params(param) if param else None, expansion=expansion,
@@ -215,8 +225,12 @@ def train(
     except ValidationError as err:
         first = err.errors()[0]
         raise SparseInferError(f"train option {first['loc'][0]}: {first['msg']}") from None
+    if distributed and store is None:
+        raise SparseInferError("--distributed trains on an activation store: give --store (from `harvest`)")
     if store is not None:
-        info = train_from_store(cfg, store, out, device=device, resume=resume)
+        info = train_from_store(cfg, store, out, device=device, resume=resume, distributed=distributed)
+        if not is_main():  # one summary line, from rank 0
+            return
     else:
         from sparseinfer.data.activations import HarvestConfig
 

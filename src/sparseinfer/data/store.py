@@ -198,11 +198,16 @@ class ActivationStore:
         if carry.shape[0] and not drop_last:
             yield carry
 
-    def sample(self, n_tokens: int, seed: int = 0, skip_bos: bool = True) -> torch.Tensor:
-        """About `n_tokens` random token activations (float32), for statistics such as the mean and the scale."""
-        return next(self.iter_batches(min(n_tokens, self.usable_tokens(skip_bos)), seed=seed, skip_bos=skip_bos))
+    def sample(
+        self, n_tokens: int, seed: int = 0, skip_bos: bool = True, shards: list[int] | None = None
+    ) -> torch.Tensor:
+        """About `n_tokens` random token activations (float32) of `shards` (all by default), for statistics such as
+        the mean and the scale."""
+        n = min(n_tokens, self.usable_tokens(skip_bos, shards))
+        return next(self.iter_batches(n, seed=seed, skip_bos=skip_bos, shards=shards))
 
-    def usable_tokens(self, skip_bos: bool = True) -> int:
-        """Token positions a reader yields per epoch."""
+    def usable_tokens(self, skip_bos: bool = True, shards: list[int] | None = None) -> int:
+        """Token positions a reader of `shards` (all by default) yields per epoch."""
         per = self.manifest.context_length - (1 if skip_bos and self.manifest.bos else 0)
-        return self.manifest.n_contexts * per
+        infos = self.manifest.shards if shards is None else [self.manifest.shards[i] for i in shards]
+        return sum(s["contexts"] for s in infos) * per

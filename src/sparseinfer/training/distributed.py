@@ -1,12 +1,13 @@
 """Data-parallel training with `torch.distributed`: the one loop (`training.fit`) on every rank, gradients averaged.
 
 Launch one process per device with `torchrun --nproc-per-node N your_script.py` (or `--nnodes` for several
-machines); each process calls `fit_data_parallel`. Every rank starts from rank 0's parameters, streams its own
-shard of the batches (batch i goes to rank i mod world size), and after each backward pass the gradients of the
-encoder and the dictionary are all-reduced and averaged (`FitHooks.after_backward`), so every rank takes the same
-optimiser step: with mean losses, N ranks with batches of B match one process with the N batches concatenated.
-Backend: gloo on CPU, nccl on CUDA. The returned history sums `train_flops` over ranks and averages `loss`; only
-rank 0 writes files (`is_main`).
+machines); each process calls `fit_data_parallel` (synthetic data, any regime) or `train_from_store(...,
+distributed=True)` (language-model activations, `sparseinfer train --distributed`). Every rank starts from rank 0's
+parameters, reads its own data (its shard of the batches, or its own shards of an activation store), and after each
+backward pass the gradients of the encoder and the dictionary are all-reduced and averaged, so every rank takes the
+same optimiser step: with mean losses, N ranks with batches of B match one process with the N batches concatenated.
+Step FLOPs are summed over ranks and recorded losses averaged, inside the loop (`FitHooks.reduce`), so a history or a
+checkpoint means the same whatever the world size. Backend: gloo on CPU, nccl on CUDA; only rank 0 writes files.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ from __future__ import annotations
 import itertools
 import os
 from collections.abc import Callable, Iterable, Iterator
-from dataclasses import replace
+from dataclasses import dataclass, replace
 
 import torch
 import torch.distributed as dist
@@ -51,41 +52,90 @@ def shard(batches: Iterable[Tensor], rank: int, world_size: int) -> Iterator[Ten
     return itertools.islice(iter(batches), rank, None, world_size)
 
 
-@torch.no_grad()
-def broadcast_from_main(modules: Iterable[torch.nn.Module]) -> None:
-    """Copy rank 0's parameters and buffers to every rank, so all ranks start identical."""
-    for module in modules:
-        for tensor in itertools.chain(module.parameters(), module.buffers()):
-            dist.broadcast(tensor.data, src=0)
+@dataclass(frozen=True)
+class DataParallel:
+    """The collectives a data-parallel run needs; `DataParallel()` (one process, no group) makes them identities,
+    so callers write one code path for both."""
 
+    rank: int = 0
+    world: int = 1
 
-@torch.no_grad()
-def average_gradients(params: list[torch.nn.Parameter]) -> None:
-    """All-reduce the gradients of `params` (one flat buffer, one collective) and divide by the world size.
+    @classmethod
+    def join(cls, device: str | torch.device = "cpu") -> DataParallel:
+        """Join torchrun's process group (see `init_process_group`)."""
+        rank, world = init_process_group(device)
+        return cls(rank, world)
 
-    A parameter without a gradient on this rank counts as zero, so every rank joins the same collective."""
-    grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in params]
-    flat = _flatten_dense_tensors(grads)
-    dist.all_reduce(flat, op=dist.ReduceOp.SUM)
-    flat /= dist.get_world_size()
-    for p, g in zip(params, _unflatten_dense_tensors(flat, grads), strict=True):
-        if p.grad is None:
-            p.grad = g.clone()
-        else:
-            p.grad.copy_(g)
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
 
+    def sum(self, tensor: Tensor) -> Tensor:
+        """Element-wise sum over ranks (a new tensor)."""
+        out = tensor.clone()
+        if self.world > 1:
+            dist.all_reduce(out, op=dist.ReduceOp.SUM)
+        return out
 
-def _reduce_history(history: list[dict[str, float]], device: torch.device) -> None:
-    """Sum `train_flops` over ranks and average `loss` (NaN at step 0 stays NaN), row by row, in place."""
-    if not history:
-        return
-    flops = torch.tensor([int(row["train_flops"]) for row in history], dtype=torch.int64, device=device)
-    loss = torch.tensor([float(row["loss"]) for row in history], dtype=torch.float64, device=device)
-    dist.all_reduce(flops, op=dist.ReduceOp.SUM)
-    dist.all_reduce(loss, op=dist.ReduceOp.SUM)
-    loss /= dist.get_world_size()
-    for row, f, value in zip(history, flops.tolist(), loss.tolist(), strict=True):
-        row["train_flops"], row["loss"] = int(f), float(value)
+    def max(self, tensor: Tensor) -> Tensor:
+        """Element-wise maximum over ranks (a new tensor)."""
+        out = tensor.clone()
+        if self.world > 1:
+            dist.all_reduce(out, op=dist.ReduceOp.MAX)
+        return out
+
+    def gather(self, tensor: Tensor) -> Tensor:
+        """Every rank's `tensor` concatenated along dim 0 in rank order (row counts may differ between ranks)."""
+        if self.world == 1:
+            return tensor
+        rows = torch.tensor([tensor.shape[0]], device=tensor.device)
+        counts = [torch.zeros_like(rows) for _ in range(self.world)]
+        dist.all_gather(counts, rows)
+        sizes = [int(c.item()) for c in counts]
+        padded = tensor.new_zeros((max(sizes), *tensor.shape[1:]))
+        padded[: tensor.shape[0]] = tensor
+        parts = [torch.empty_like(padded) for _ in range(self.world)]
+        dist.all_gather(parts, padded.contiguous())
+        return torch.cat([p[:n] for p, n in zip(parts, sizes, strict=True)])
+
+    @torch.no_grad()
+    def broadcast(self, modules: Iterable[torch.nn.Module]) -> None:
+        """Copy rank 0's parameters and buffers to every rank, so all ranks start identical."""
+        if self.world > 1:
+            for module in modules:
+                for tensor in itertools.chain(module.parameters(), module.buffers()):
+                    dist.broadcast(tensor.data, src=0)
+
+    @torch.no_grad()
+    def average_gradients(self, params: list[torch.nn.Parameter]) -> None:
+        """All-reduce the gradients of `params` (one flat buffer, one collective) and divide by the world size.
+
+        A parameter without a gradient on this rank counts as zero, so every rank joins the same collective."""
+        if self.world == 1:
+            return
+        grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in params]
+        flat = _flatten_dense_tensors(grads)
+        dist.all_reduce(flat, op=dist.ReduceOp.SUM)
+        flat /= self.world
+        for p, g in zip(params, _unflatten_dense_tensors(flat, grads), strict=True):
+            if p.grad is None:
+                p.grad = g.clone()
+            else:
+                p.grad.copy_(g)
+
+    def hooks(self, params: list[torch.nn.Parameter], hooks: FitHooks | None = None) -> FitHooks:
+        """`hooks` with gradient averaging before their own `after_backward`, and FLOPs/loss reduced over ranks."""
+        hooks = hooks or FitHooks()
+        if self.world == 1:
+            return hooks
+        user_after_backward: Callable[[Dictionary], None] | None = hooks.after_backward
+
+        def after_backward(d: Dictionary) -> None:
+            self.average_gradients(params)
+            if user_after_backward is not None:
+                user_after_backward(d)
+
+        return replace(hooks, after_backward=after_backward, reduce=self.sum)
 
 
 def fit_data_parallel(
@@ -111,26 +161,13 @@ def fit_data_parallel(
         raise SparseInferError("fit_data_parallel needs an initialised process group (see init_process_group)")
     if isinstance(batches, Tensor):
         raise SparseInferError("fit_data_parallel takes an iterable of batches, not one tensor")
-    rank, world = dist.get_rank(), dist.get_world_size()
-    hooks = hooks or FitHooks()
+    group = DataParallel(dist.get_rank(), dist.get_world_size())
     params, _ = learnable_parameters(encoder, dictionary, regime)
-    broadcast_from_main([encoder, dictionary])
-    user_after_backward = hooks.after_backward
-
-    def after_backward(d: Dictionary) -> None:
-        average_gradients(params)
-        if user_after_backward is not None:
-            user_after_backward(d)
-
+    group.broadcast([encoder, dictionary])
     state = FitState()
-    mine = batches if sharded else shard(batches, rank, world)
+    mine = batches if sharded else shard(batches, group.rank, group.world)
     fit(
-        encoder, dictionary, mine, regime, config, seed=seed, progress=progress and rank == 0, schedule=schedule,
-        hooks=replace(hooks, after_backward=after_backward), state=state,
+        encoder, dictionary, mine, regime, config, seed=seed, progress=progress and group.is_main,
+        schedule=schedule, hooks=group.hooks(params, hooks), state=state,
     )  # fmt: skip
-    device = dictionary.atoms.device
-    _reduce_history(state.history, device)
-    total = torch.tensor([state.flops], dtype=torch.int64, device=device)
-    dist.all_reduce(total, op=dist.ReduceOp.SUM)
-    state.flops = int(total.item())
     return state.history, state

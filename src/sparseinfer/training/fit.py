@@ -11,6 +11,7 @@ checkpoints).
 from __future__ import annotations
 
 import contextlib
+import math
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 
@@ -49,12 +50,15 @@ class FitHooks:
       it (or anything else) spent on the last step beyond the regime's loss, added to the count.
     - `after_backward(dictionary)`: between backward and the optimiser step (e.g. project out radial gradients).
     - `after_step(state, x, codes, x_hat)`: after the step is counted and recorded (dead latents, checkpoints).
+    - `reduce(tensor)`: the sum of a tensor over data-parallel workers (`training.distributed`); `fit` counts every
+      worker's step FLOPs and records the workers' mean loss, so a history reads the same at any world size.
     """
 
     loss: LossFn | None = None
     extra_flops: Callable[[], int] | None = None
     after_backward: Callable[[Dictionary], None] | None = None
     after_step: Callable[[FitState, Tensor, Codes, Tensor | None], None] | None = None
+    reduce: Callable[[Tensor], Tensor] | None = None
 
 
 def _batches(n: int, batch_size: int | None, seed: int) -> Iterator[Tensor | None]:
@@ -191,13 +195,19 @@ def fit(
         optimiser.step()
         regime.after_step(dictionary)
         sparse_k = codes.values.shape[1] if isinstance(codes, SparseCodes) else None
-        state.flops += training_step_flops(encoder, dictionary, xb.shape[0], regime, n_params, learn_encoder, sparse_k)
+        step_flops = training_step_flops(encoder, dictionary, xb.shape[0], regime, n_params, learn_encoder, sparse_k)
         if hooks.extra_flops is not None:
-            state.flops += hooks.extra_flops()
+            step_flops += hooks.extra_flops()
+        if hooks.reduce is not None:
+            step_flops = int(hooks.reduce(torch.tensor([step_flops], device=xb.device)).item())
+        state.flops += step_flops
         state.step = step
         if step % config.eval_every == 0 or step == config.steps:
             value = float(loss.detach())
-            if not torch.isfinite(loss):
+            if hooks.reduce is not None:  # the workers' mean (all workers record at the same steps)
+                total, count = hooks.reduce(torch.tensor([value, 1.0], dtype=torch.float64, device=xb.device)).tolist()
+                value = total / count
+            if not math.isfinite(value):
                 raise SparseInferError(f"training diverged at step {step} (loss {value}); lower the learning rate")
             record(step, value)
         if hooks.after_step is not None:
