@@ -4,16 +4,20 @@
 
 The plain pass runs the whole model (logits included) with no hooks; harvesting stops after the hooked layer and
 writes checksummed shards, so the ratio shows the cost of storage against the saving of the early stop.
-Prints one JSON line.
+Prints one JSON line and appends it to benchmarks/results.jsonl.
 """
 
 from __future__ import annotations
 
 import argparse
+import datetime
 import json
+import os
+import platform
 import tempfile
 import time
 from itertools import islice
+from pathlib import Path
 
 import torch
 
@@ -59,7 +63,16 @@ def main() -> None:
         "harvest_over_forward": result.tokens_per_second / (tokens / forward_s),
         "threads": torch.get_num_threads(),
     }
-    print(json.dumps(line))
+    record = {
+        "benchmark": "lm_harvest",
+        "date": datetime.datetime.now().isoformat(timespec="seconds"),
+        "machine": {"platform": platform.platform(), "cpus": os.cpu_count(), "load_average": os.getloadavg()},
+        "versions": {"torch": torch.__version__, "python": platform.python_version()},
+        **line,
+    }
+    print(json.dumps(record))
+    with open(Path(__file__).with_name("results.jsonl"), "a") as handle:
+        handle.write(json.dumps(record) + "\n")
 
 
 if __name__ == "__main__":

@@ -340,6 +340,7 @@ FLOP_CASES = [
     ("relu", {"sparse_output": True}, lambda b, h: amortised.relu(b, M, N, h["bias"], sparse=True)),
     ("topk", {"k": 3}, lambda b, h: amortised.topk(b, M, N, 3, h["bias"])),
     ("topk", {"k": 3, "sparse_output": True}, lambda b, h: amortised.topk(b, M, N, 3, h["bias"])),
+    ("topk", {"k": 3, "fused_backward": False}, lambda b, h: amortised.topk(b, M, N, 3, h["bias"])),
     ("batch_topk", {"k": 2}, lambda b, h: amortised.batch_topk(b, M, N, 2, h["bias"], batch_mode=True)),
     ("jumprelu", {"bias": False}, lambda b, h: amortised.jumprelu(b, M, N, h["bias"])),
     ("mlp", {"hidden": [32]}, lambda b, h: amortised.mlp(b, M, N, [32], h["bias"], "relu", None)),
@@ -353,7 +354,9 @@ FLOP_CASES = [
 
 TRAIN = {
     "relu": lambda b, e, g: amortised.relu_training(b, M, N, e.has_bias, g, e.sparse_output),
-    "topk": lambda b, e, g: amortised.topk_training(b, M, N, e.k, e.has_bias, g),
+    "topk": lambda b, e, g: (amortised.topk_training_fused if e.fused_backward else amortised.topk_training)(
+        b, M, N, e.k, e.has_bias, g
+    ),
     "batch_topk": lambda b, e, g: amortised.batch_topk_training(b, M, N, e.k, e.has_bias, g),
     "jumprelu": lambda b, e, g: amortised.jumprelu_training(b, M, N, e.has_bias, g),
     "mlp": lambda b, e, g: amortised.mlp_training(b, M, N, e.hidden, e.has_bias, e.activation, e.k, g),

@@ -55,6 +55,21 @@ def test_sparse_decode_gradients_match_dense(dic: Dictionary) -> None:
     np.testing.assert_allclose(grad_values.numpy(), dense.grad.gather(1, codes.indices).numpy(), rtol=1e-12)
 
 
+def test_low_precision_codes_decode_under_autocast_and_are_refused_outside() -> None:
+    dic = Dictionary.random(N, M, seed=0)
+    codes = sparse_codes()
+    half = SparseCodes(codes.values.to(torch.bfloat16), codes.indices, N)
+    reference = dic.decode(SparseCodes(half.values.float(), codes.indices, N)).detach()
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        sparse = dic.decode(half).detach()
+        dense = dic.decode(half.to_dense()).detach()
+    assert sparse.dtype == torch.float32
+    assert torch.allclose(sparse, reference, atol=1e-6)
+    assert torch.allclose(dense.float(), reference, atol=0.05)  # a bf16 matrix product
+    with pytest.raises(SparseInferError, match="dtype"):
+        dic.decode(half)
+
+
 def test_decode_rejects_wrong_code_shapes(dic: Dictionary) -> None:
     with pytest.raises(SparseInferError, match="shape"):
         dic.decode(torch.zeros(B, N + 1, dtype=torch.float64))

@@ -68,7 +68,10 @@ def test_decoder_step_matches_counter(learn_dictionary: bool, codes_grad: bool, 
     flops = tf.decoder_step(B, N, M, learn_dictionary, codes_grad, k=k, bias=bias)
     assert counted(step) == flops.matmul
     stored = N if k is None else k
-    assert flops.matmul == (0 if k == 1 else 2 * B * stored * M * (1 + learn_dictionary + codes_grad))
+    products = 2 * B * stored * M * (1 + learn_dictionary + codes_grad)
+    assert flops.matmul == (products if k is None else 0)  # sparse codes decode as an embedding bag
+    if k is not None:
+        assert flops.elementwise == products + (B * M * (1 + learn_dictionary) if bias else 0)
 
 
 def test_losses_optimiser_and_renormalise_have_no_matrix_products() -> None:
@@ -102,7 +105,8 @@ def n_params(*modules: torch.nn.Module) -> int:
     [
         ("relu", {"bias": False}, lambda e, g: amortised.relu_training(B, M, N, False, g)),
         ("mlp", {"hidden": [32]}, lambda e, g: amortised.mlp_training(B, M, N, [32], True, "relu", None, g)),
-        ("topk", {"k": 3, "sparse_output": True}, lambda e, g: amortised.topk_training(B, M, N, 3, True, g)),
+        ("topk", {"k": 3, "sparse_output": True}, lambda e, g: amortised.topk_training_fused(B, M, N, 3, True, g)),
+        ("topk", {"k": 3, "fused_backward": False}, lambda e, g: amortised.topk_training(B, M, N, 3, True, g)),
         ("jumprelu", {}, lambda e, g: amortised.jumprelu_training(B, M, N, True, g)),
     ],
 )

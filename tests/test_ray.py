@@ -46,7 +46,7 @@ def specs(markers: Path, n: int, **extra) -> list[RunSpec]:
 def cluster():
     """A local Ray cluster on 127.0.0.1; the test module travels to the workers by value (it is not importable)."""
     ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])
-    ray.init(num_cpus=2, include_dashboard=False, _node_ip_address="127.0.0.1", log_to_driver=False)
+    ray.init(address="local", num_cpus=2, include_dashboard=False, _node_ip_address="127.0.0.1", log_to_driver=False)
     yield
     ray.shutdown()
 

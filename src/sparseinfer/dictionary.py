@@ -9,6 +9,7 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch import Tensor, nn
+from torch.nn import functional as F
 
 from sparseinfer.codes import Codes, SparseCodes
 from sparseinfer.errors import SparseInferError
@@ -76,11 +77,11 @@ class Dictionary(nn.Module):
         if isinstance(codes, SparseCodes):
             if codes.n_latents != self.n_latents:
                 raise SparseInferError(f"codes have {codes.n_latents} latents, dictionary has {self.n_latents}")
-            if codes.indices.numel() and (int(codes.indices.min()) < 0 or int(codes.indices.max()) >= self.n_latents):
+            idx = codes.indices
+            if idx.device.type == "cpu" and idx.numel() and (int(idx.min()) < 0 or int(idx.max()) >= self.n_latents):
                 raise SparseInferError(f"sparse code indices must lie in [0, {self.n_latents})")
             self._check_dtype(codes.values)
-            gathered = self.atoms[codes.indices]  # (batch, k, dim)
-            x_hat = torch.einsum("bk,bkd->bd", codes.values, gathered)
+            x_hat = self.combine(codes.values, idx)
         else:
             if codes.ndim != 2 or codes.shape[1] != self.n_latents:
                 raise SparseInferError(f"codes must have shape (batch, {self.n_latents}), got {tuple(codes.shape)}")
@@ -88,8 +89,14 @@ class Dictionary(nn.Module):
             x_hat = codes @ self.atoms
         return x_hat if self.bias is None else x_hat + self.bias
 
+    def combine(self, values: Tensor, indices: Tensor) -> Tensor:
+        """sum_j values[:, j] * atoms[indices[:, j]] (no bias) as an embedding bag: no (batch, k, dim) gather is
+        materialised, forward or backward. On a GPU the index bound check is the kernel's own (a host-side check
+        would synchronise every step)."""
+        return F.embedding_bag(indices, self.atoms, per_sample_weights=values.to(self.atoms.dtype), mode="sum")
+
     def _check_dtype(self, values: Tensor) -> None:
-        if values.dtype != self.atoms.dtype:
+        if values.dtype != self.atoms.dtype and not torch.is_autocast_enabled(values.device.type):
             raise SparseInferError(f"codes have dtype {values.dtype} but the dictionary has {self.atoms.dtype}")
 
     def forward(self, codes: Codes) -> Tensor:

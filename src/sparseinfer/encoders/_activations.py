@@ -1,5 +1,8 @@
 """Pieces shared by the amortised encoders: the shape check and the TopK, BatchTopK and JumpReLU activations.
 
+`topk_linear` fuses the TopK encoder's linear map with its selection so that the backward pass touches only the k
+kept entries per row (O(B k D) instead of two dense O(B N D) products); the plain path is `topk_codes(linear(x))`.
+
 JumpReLU follows Rajamanoharan et al. (2024): the threshold gets a straight-through "pseudo-derivative" through a
 rectangle kernel of width `bandwidth` around it, because the true derivative of a step is zero almost everywhere.
 """
@@ -9,6 +12,7 @@ from __future__ import annotations
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor
 
 from sparseinfer.codes import Codes, SparseCodes, topk_codes
@@ -29,6 +33,52 @@ def topk_relu(pre: Tensor, k: int, sparse: bool) -> Codes:
     """Keep the k largest pre-activations of each row, then ReLU them (SAELens / sparsify TopK)."""
     top = topk_codes(pre, k)
     codes = SparseCodes(torch.relu(top.values), top.indices, top.n_latents)
+    return codes if sparse else codes.to_dense()
+
+
+GRAD_CHUNK_ELEMENTS = 1 << 23  # bound on the (rows, k, dim) outer-product block built per chunk in the backward
+
+
+class TopKLinearFunction(torch.autograd.Function):
+    """(values, indices) = topk(x W^T + b, k) per row, with a sparse backward.
+
+    Only the k selected pre-activations of a row receive gradient, so dL/dx = sum_j g_j W[i_j] (an embedding bag),
+    dL/dW[i] = sum over (row, j) with i_j = i of g_j x_row (index_add over row chunks), dL/db[i] = sum of those g_j.
+    """
+
+    @staticmethod
+    @torch.amp.custom_fwd(device_type="cuda")
+    def forward(ctx: Any, x: Tensor, weight: Tensor, bias: Tensor | None, k: int) -> tuple[Tensor, Tensor]:
+        values, indices = torch.topk(F.linear(x, weight, bias), k, dim=1)
+        ctx.mark_non_differentiable(indices)
+        ctx.save_for_backward(x, weight, indices)
+        ctx.has_bias = bias is not None
+        return values, indices
+
+    @staticmethod
+    @torch.amp.custom_bwd(device_type="cuda")
+    def backward(ctx: Any, grad: Tensor, _: Tensor | None) -> tuple[Tensor | None, Tensor | None, Tensor | None, None]:
+        x, weight, indices = ctx.saved_tensors
+        need_x, need_w, need_b, _ = ctx.needs_input_grad
+        grad_x = grad_w = grad_b = None
+        if need_x:
+            grad_x = F.embedding_bag(indices, weight, per_sample_weights=grad.to(weight.dtype), mode="sum").to(x.dtype)
+        if need_w:
+            grad_w = torch.zeros_like(weight)
+            rows = max(1, GRAD_CHUNK_ELEMENTS // (indices.shape[1] * x.shape[1]))
+            for start in range(0, x.shape[0], rows):
+                g, xs = grad[start : start + rows], x[start : start + rows]
+                outer = (g.to(weight.dtype)[:, :, None] * xs.to(weight.dtype)[:, None, :]).flatten(0, 1)
+                grad_w.index_add_(0, indices[start : start + rows].flatten(), outer)
+        if need_b and ctx.has_bias:
+            grad_b = weight.new_zeros(weight.shape[0]).index_add_(0, indices.flatten(), grad.flatten().to(weight.dtype))
+        return grad_x, grad_w, grad_b, None
+
+
+def topk_linear(x: Tensor, weight: Tensor, bias: Tensor | None, k: int, sparse: bool) -> Codes:
+    """`topk_relu(F.linear(x, weight, bias), k, sparse)` with the sparse backward of `TopKLinearFunction`."""
+    values, indices = TopKLinearFunction.apply(x, weight, bias, k)
+    codes = SparseCodes(torch.relu(values), indices, weight.shape[0])
     return codes if sparse else codes.to_dense()
 
 

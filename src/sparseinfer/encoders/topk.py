@@ -1,4 +1,10 @@
-"""`topk`: the TopK SAE encoder, linear map then keep the k largest activations of each sample (after ReLU)."""
+"""`topk`: the TopK SAE encoder, linear map then keep the k largest activations of each sample (after ReLU).
+
+`fused_backward=True` computes the same codes through `topk_linear`, whose backward touches only the k kept entries
+per row (an embedding bag and an index_add, O(B k D)) instead of the two dense (B, N) x (N, D) products of autograd's
+linear backward; it is the lever that makes big dictionaries (N >> k) train fast. On by default;
+`fused_backward=False` is the plain autograd path (the reference the tests check it against).
+"""
 
 from __future__ import annotations
 
@@ -6,7 +12,7 @@ from torch import Tensor
 
 from sparseinfer.codes import Codes
 from sparseinfer.dictionary import Dictionary
-from sparseinfer.encoders._activations import topk_relu
+from sparseinfer.encoders._activations import check_dictionary, topk_linear, topk_relu
 from sparseinfer.encoders.base import register
 from sparseinfer.encoders.relu import ReLUEncoder
 from sparseinfer.flops import amortised
@@ -28,19 +34,27 @@ class TopKEncoder(ReLUEncoder):
         bias: bool = True,
         subtract_bias: bool = True,
         sparse_output: bool = False,
+        fused_backward: bool = True,
     ) -> None:
         check_k(k, n_latents)
         super().__init__(dim, n_latents, bias=bias, subtract_bias=subtract_bias, sparse_output=sparse_output)
         self.k = k
+        self.fused_backward = fused_backward
 
     def forward(self, x: Tensor, dictionary: Dictionary) -> Codes:
-        return topk_relu(self.pre_activation(x, dictionary), self.k, self.sparse_output)
+        if not self.fused_backward:
+            return topk_relu(self.pre_activation(x, dictionary), self.k, self.sparse_output)
+        self._check(x, dictionary)
+        check_dictionary(self.name, self.linear.in_features, self.linear.out_features, dictionary)
+        inputs = dictionary.centre(x) if self.subtract_bias else x
+        return topk_linear(inputs, self.linear.weight, self.linear.bias, self.k, self.sparse_output)
 
     def inference_flops(self, batch: int, dim: int, n_latents: int) -> int:
         return amortised.topk(batch, dim, n_latents, self.k, self.has_bias).total
 
     def training_flops(self, batch: int, dim: int, n_latents: int, input_grad: bool = False) -> int:
-        return amortised.topk_training(batch, dim, n_latents, self.k, self.has_bias, input_grad).total
+        formula = amortised.topk_training_fused if self.fused_backward else amortised.topk_training
+        return formula(batch, dim, n_latents, self.k, self.has_bias, input_grad).total
 
     def extra_repr(self) -> str:
-        return f"k={self.k}, sparse_output={self.sparse_output}"
+        return f"k={self.k}, sparse_output={self.sparse_output}, fused_backward={self.fused_backward}"

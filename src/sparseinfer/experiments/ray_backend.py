@@ -65,7 +65,8 @@ def run_ray(
     started = False
     if not ray.is_initialized():
         if address is None:
-            ray.init(num_cpus=workers, include_dashboard=False, log_to_driver=False)
+            # "local": a fresh cluster for this sweep, never one that happens to run on this machine already
+            ray.init(address="local", num_cpus=workers, include_dashboard=False, log_to_driver=False)
         else:
             ray.init(address=address, log_to_driver=False)
         started = True

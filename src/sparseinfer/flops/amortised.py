@@ -122,6 +122,14 @@ def topk_training(batch: int, dim: int, n_latents: int, k: int, bias: bool, inpu
     return training(batch, dim, (), n_latents, bias, topk_activation(batch, n_latents, k), input_grad)
 
 
+def topk_training_fused(batch: int, dim: int, n_latents: int, k: int, bias: bool, input_grad: bool = False) -> Flops:
+    """One training step of the TopK encoder with the sparse backward (`topk_linear`): the dense forward, then per
+    kept entry the ReLU mask, its weight-row gradient (multiply-add over dim), the bias gradient and, with
+    `input_grad`, x's gradient (an embedding bag): no matrix product in the backward."""
+    backward = elementwise(batch * k + 2 * batch * k * dim + (batch * k if bias else 0))
+    return topk(batch, dim, n_latents, k, bias) + backward + elementwise(2 * batch * k * dim * input_grad)
+
+
 def batch_topk(batch: int, dim: int, n_latents: int, k: int, bias: bool, batch_mode: bool) -> Flops:
     """Linear map (+ bias) then BatchTopK (training mode) or the tracked threshold (eval mode)."""
     return inference(batch, dim, (), n_latents, bias, batch_topk_activation(batch, n_latents, k, batch_mode))

@@ -119,3 +119,45 @@ def refit(batch: int, dim: int, support_sizes: Sequence[int]) -> Flops:
         flops += svd(dim, k) * batch + matmul(rank, dim, 1) * batch + matmul(k, rank, 1) * batch
         flops += elementwise(batch * rank, 2)
     return flops
+
+
+Rounds = Sequence[tuple[int, int]]  # (rows, padded working-set size) of each batched operation
+
+
+def cholesky(rows: int, size: int) -> Flops:
+    """Cholesky factor and two triangular solves of `rows` (size, size) systems (the counter ignores both)."""
+    return elementwise(rows * (size**3 // 3 + 2 * size * size))
+
+
+def active_set(
+    batch: int,
+    dim: int,
+    n_latents: int,
+    full_gram: bool,
+    solves: Rounds,
+    window_checks: Rounds,
+    kkt_checks: Rounds,
+    gram_blocks: Rounds = (),
+    null_steps: Rounds = (),
+) -> Flops:
+    """The exact active-set Lasso (`fista` with `active_set=True`), from the rows and sizes of what it ran.
+
+    Set-up: b = x D^T, the screen, and D D^T when W's Gram blocks are gathered from it. Per solve: a masked Cholesky
+    on (rows, P, P) and the ratio test. Per check inside W: c_W = b_W - z G_WW. Per full KKT check: r = x - z D_W
+    and c = r D^T with its violator scan. Without the full Gram, each new W's block is D_W D_W^T.
+    """
+    flops = matmul(batch, dim, n_latents) + elementwise(batch * n_latents, 2)
+    if full_gram:
+        flops += matmul(n_latents, dim, n_latents)
+    for rows, size in solves:
+        flops += cholesky(rows, size) + elementwise(rows * size, 16)
+    for rows, size in window_checks:
+        flops += Flops(matmul=2 * rows * size * size) + elementwise(rows * size, 4)
+    for rows, size in kkt_checks:
+        flops += Flops(matmul=2 * rows * size * dim) + matmul(rows, dim, n_latents)
+        flops += elementwise(rows * dim + 4 * rows * n_latents)
+    for rows, size in gram_blocks:
+        flops += Flops(matmul=2 * rows * size * size * dim)
+    for rows, size in null_steps:
+        flops += cholesky(rows, size) + Flops(matmul=2 * rows * size * size) + elementwise(rows * size, 8)
+    return flops

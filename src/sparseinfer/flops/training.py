@@ -23,32 +23,20 @@ def decoder_step(
 
     Backward: the atoms' gradient when the dictionary learns (and its bias's); the codes' gradient when something
     upstream needs it (a learned encoder, or free codes). `k` = stored codes per row for sparse (values, indices)
-    codes, which decode by gathering k atoms per sample (a batched product) instead of a dense matrix product;
-    with k = 1 torch does that by elementwise scaling, which the counter does not count as a matrix product.
+    codes, which decode as an embedding bag (k gathered atoms scaled and summed per row, no matrix product for the
+    counter): 2 FLOPs per (row, code, dim) forward, as many for the atoms' gradient (scatter-added outer products) and
+    for the codes' gradient (dot products with the gathered atoms).
     """
-    if k == 1:
-        return _decode_one(batch, dim, learn_dictionary, codes_grad, bias)
-    stored = n_latents if k is None else k
-    flops = matmul(batch, stored, dim) + (elementwise(batch * dim) if bias else Flops())
+    bias_flops = elementwise(batch * dim) if bias else Flops()
+    if k is not None:
+        per_entry = 2 * (1 + learn_dictionary + codes_grad)
+        return elementwise(per_entry * batch * k * dim) + bias_flops * (1 + learn_dictionary)
+    flops = matmul(batch, n_latents, dim) + bias_flops
     if learn_dictionary:
-        flops += matmul(stored, batch, dim)  # codes^T @ grad; sparse: outer products, then scatter-added
-        if k is not None:
-            flops += elementwise(batch * k * dim)
-        if bias:
-            flops += elementwise(batch * dim)
+        flops += matmul(n_latents, batch, dim) + bias_flops  # codes^T @ grad, and the bias's gradient
     if codes_grad:
-        flops += matmul(batch, dim, stored)  # grad @ atoms^T (sparse: against the gathered atoms)
+        flops += matmul(batch, dim, n_latents)  # grad @ atoms^T
     return flops
-
-
-def _decode_one(batch: int, dim: int, learn_dictionary: bool, codes_grad: bool, bias: bool) -> Flops:
-    """Sparse codes with one entry per row: torch's einsum scales the gathered atom (no matrix product).
-
-    Forward: one multiply per output (+ bias). Backward: atoms' gradient value * grad, scatter-added (2 per output,
-    + bias gradient); codes' gradient a dot product of grad with the atom (2 per output).
-    """
-    per_output = 1 + bias + (2 + bias if learn_dictionary else 0) + (2 if codes_grad else 0)
-    return elementwise(per_output * batch * dim)
 
 
 def reconstruction_loss(batch: int, dim: int) -> Flops:

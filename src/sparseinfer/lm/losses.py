@@ -57,11 +57,15 @@ def pre_activation_module(encoder: Encoder) -> nn.Module:
 
 class AuxK:
     """The AuxK loss term for one encoder (see the module docstring); reads the pre-activations by a forward hook on
-    the encoder's last linear layer, so they cost no second matrix product. Call `close()` when training ends."""
+    the encoder's last linear layer, so they cost no second matrix product. Call `close()` when training ends.
+    Its gradient reaches every dead latent's pre-activation, so a TopK encoder is switched to the plain (dense)
+    backward: `fused_backward` only keeps the k selected entries."""
 
     def __init__(self, encoder: Encoder, k_aux: int, coef: float = 1 / 32) -> None:
         self.k_aux = check_count(k_aux, "auxk k")
         self.coef = float(check_positive(coef, "auxk coef"))
+        if getattr(encoder, "fused_backward", False):
+            encoder.fused_backward = False
         self._pre: Tensor | None = None
         self._handle = pre_activation_module(encoder).register_forward_hook(self._keep)
         self.last_k = 0  # latents used on the last call (0: none dead, no term)
@@ -81,7 +85,7 @@ class AuxK:
         values, indices = torch.topk(masked, self.last_k, dim=1)
         values = torch.relu(values)
         residual = (x - x_hat).detach()
-        e_hat = torch.einsum("bk,bkd->bd", values.to(dictionary.atoms.dtype), dictionary.atoms[indices])
+        e_hat = dictionary.combine(values, indices)
         return self.coef * reconstruction_loss(residual, e_hat)
 
     def close(self) -> None:
