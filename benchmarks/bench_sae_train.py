@@ -26,18 +26,14 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import datetime
 import io
 import itertools
-import json
-import os
-import platform
 import statistics
 import time
 from collections.abc import Callable
-from pathlib import Path
 
 import torch
+from _common import emit, environment, matmul_peak, sync
 from torch import Tensor
 
 import sparseinfer
@@ -50,12 +46,6 @@ METHODS = ("ours", "ours_default", "plain", "sparsify", "saelens")
 PEERS = ("plain", "sparsify", "saelens")
 LR = 1e-4
 Step = Callable[[int], list[float]]  # run n steps, return each step's seconds
-
-
-def sync(device: str) -> None:
-    """Wait for queued device work, so that wall-clock times cover it."""
-    if device.startswith("cuda"):
-        torch.cuda.synchronize()
 
 
 def autocast(device: str) -> contextlib.AbstractContextManager:
@@ -193,22 +183,6 @@ def build(method: str, x: Tensor, n_latents: int, k: int, device: str) -> Step:
     return {"plain": plain, "sparsify": sparsify_step, "saelens": saelens_step}[method](x, n_latents, k, device)
 
 
-def matmul_peak(size: int, device: str, repeats: int = 3) -> float:
-    """FLOP/s of a dense size^3 matmul in the benchmark's compute dtype (bf16 on CUDA, float32 on CPU), best of runs."""
-    dtype = torch.bfloat16 if device.startswith("cuda") else torch.float32
-    a = torch.randn(size, size, device=device, dtype=dtype)
-    b = torch.randn(size, size, device=device, dtype=dtype)
-    a @ b
-    sync(device)
-    best = float("inf")
-    for _ in range(repeats):
-        start = time.perf_counter()
-        a @ b
-        sync(device)
-        best = min(best, time.perf_counter() - start)
-    return 2 * size**3 / best
-
-
 def nominal_flops(batch: int, dim: int, n_latents: int, k: int) -> int:
     """The least matmul work of one TopK SAE step: dense encoder forward, everything else on the k kept entries."""
     return 2 * batch * dim * n_latents + 10 * batch * k * dim
@@ -239,7 +213,7 @@ def bench_shape(args: argparse.Namespace, n_latents: int, batch: int) -> dict:
         for m, run in runs.items():
             times[m] += run(args.steps)
     flops = nominal_flops(batch, args.dim, n_latents, args.k)
-    peak = matmul_peak(args.peak_size, args.device)
+    peak = matmul_peak(args.peak_size, args.device, torch.bfloat16 if args.device.startswith("cuda") else torch.float32)
     median = {m: statistics.median(t) for m, t in times.items()}
     tokens = {m: batch / s for m, s in median.items()}
     peers = [m for m in PEERS if m in tokens]
@@ -303,23 +277,11 @@ def main() -> None:
         print(profile)
     record = {
         "benchmark": "sae_train_step",
-        "date": datetime.datetime.now().isoformat(timespec="seconds"),
-        "machine": {
-            "platform": platform.platform(),
-            "processor": platform.machine(),
-            "cpus": os.cpu_count(),
-            "threads": torch.get_num_threads(),
-            "load_average": os.getloadavg(),
-            "gpu": torch.cuda.get_device_name() if args.device.startswith("cuda") else None,
-        },
-        "versions": {"torch": torch.__version__, "python": platform.python_version()},
+        **environment(args.device),
         "settings": {k: v for k, v in vars(args).items() if k != "no_record"},
         "results": rows,
     }
-    print(json.dumps(record))
-    if not args.no_record:
-        with open(Path(__file__).with_name("results.jsonl"), "a") as handle:
-            handle.write(json.dumps(record) + "\n")
+    emit(record, save=not args.no_record)
 
 
 if __name__ == "__main__":

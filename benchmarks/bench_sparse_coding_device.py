@@ -17,25 +17,15 @@ benchmarks/results.jsonl.
 from __future__ import annotations
 
 import argparse
-import datetime
-import json
-import os
-import platform
 import statistics
 import time
-from pathlib import Path
 
 import torch
+from _common import emit, environment, matmul_peak, sync
 
 import sparseinfer
 from sparseinfer.dictionary import Dictionary
 from sparseinfer.encoders.base import Encoder
-
-
-def sync(device: str) -> None:
-    """Wait for queued device work."""
-    if device.startswith("cuda"):
-        torch.cuda.synchronize()
 
 
 def problem(signals: int, dim: int, n_latents: int, k: int, device: str) -> tuple[torch.Tensor, Dictionary]:
@@ -58,20 +48,6 @@ def encoders(dim: int, n_latents: int, k: int, iterations: list[int]) -> dict[st
         refiner = {"max_iter": it, "tol": 0.0}
         out[f"ito_{it}"] = sparseinfer.create("ito", dim=dim, n_latents=n_latents, refiner_kwargs=refiner)
     return out
-
-
-def matmul_peak(size: int, device: str, repeats: int = 3) -> float:
-    """FLOP/s of a float32 size^3 matmul, best of `repeats`."""
-    a, b = torch.randn(size, size, device=device), torch.randn(size, size, device=device)
-    a @ b
-    sync(device)
-    best = float("inf")
-    for _ in range(repeats):
-        start = time.perf_counter()
-        a @ b
-        sync(device)
-        best = min(best, time.perf_counter() - start)
-    return 2 * size**3 / best
 
 
 def main() -> None:
@@ -133,24 +109,12 @@ def main() -> None:
         )
     record = {
         "benchmark": "sparse_coding_device",
-        "date": datetime.datetime.now().isoformat(timespec="seconds"),
-        "machine": {
-            "platform": platform.platform(),
-            "processor": platform.machine(),
-            "cpus": os.cpu_count(),
-            "threads": torch.get_num_threads(),
-            "load_average": os.getloadavg(),
-            "gpu": torch.cuda.get_device_name() if args.device.startswith("cuda") else None,
-        },
-        "versions": {"torch": torch.__version__, "python": platform.python_version()},
+        **environment(args.device),
         "settings": {k: v for k, v in vars(args).items() if k != "no_record"},
         "matmul_peak_flops": peak,
         "results": rows,
     }
-    print(json.dumps(record))
-    if not args.no_record:
-        with open(Path(__file__).with_name("results.jsonl"), "a") as handle:
-            handle.write(json.dumps(record) + "\n")
+    emit(record, save=not args.no_record)
 
 
 if __name__ == "__main__":

@@ -129,7 +129,7 @@ def test_two_ranks_match_one_process_on_the_concatenated_batches(runs, store, tm
     n_params = sum(p.numel() for p in params)
 
     def step(batch: int) -> int:
-        return training_step_flops(enc, dictionary, batch, regime, n_params, learn_encoder, None)
+        return training_step_flops(enc, dictionary, batch, regime, n_params, learn_encoder, CONFIG.hparams["k"])
 
     assert info["train_flops"] == STEPS * 2 * step(BATCH // 2)
     assert single["train_flops"] == STEPS * step(BATCH)

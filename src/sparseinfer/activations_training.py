@@ -132,6 +132,8 @@ def build(config: LMTrainConfig, dim: int, sample: Tensor | None = None) -> tupl
     dictionary = Dictionary(atoms, bias=bias)
     torch.manual_seed(config.seed)
     encoder = create(config.encoder, dim=dim, n_latents=n_latents, **config.hparams)
+    if getattr(encoder, "k", None) and hasattr(encoder, "sparse_output") and "sparse_output" not in config.hparams:
+        encoder.sparse_output = True  # k codes per token: decode them as an embedding bag, not a dense product
     with torch.no_grad():
         for _, p in _tied_rows(encoder, n_latents, dim):
             p.copy_(dictionary.atoms if p.ndim == 2 else torch.zeros_like(p))
