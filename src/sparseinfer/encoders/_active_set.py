@@ -24,6 +24,7 @@ from dataclasses import dataclass, field
 
 import torch
 from torch import Tensor
+from torch.nn import functional as F
 
 from sparseinfer.encoders.base import Diagnostics
 
@@ -151,7 +152,7 @@ class ActiveSetLasso:
     def _gram_block(self, atoms: Tensor, full_gram: Tensor | None, index: Tensor) -> Tensor:
         """G_WW per row, gathered from the full Gram or computed from the gathered atoms."""
         if full_gram is not None:
-            return full_gram[index[:, :, None], index[:, None, :]]
+            return full_gram.view(-1).take(index[:, :, None] * full_gram.shape[1] + index[:, None, :])
         self.trace.gram_blocks.append((index.shape[0], index.shape[1]))
         block = atoms[index]
         return torch.bmm(block, block.mT)
@@ -238,7 +239,8 @@ class ActiveSetLasso:
         if rows.numel() == 0:
             return done
         self.trace.kkt_checks.append((int(rows.numel()), p))
-        residual = x[s.rows[rows]] - torch.bmm(s.z[rows, None, :], atoms[s.index[rows]]).squeeze(1)
+        # r = x - z D_W as an embedding bag: no (rows, P, dim) gather of atoms
+        residual = x[s.rows[rows]] - F.embedding_bag(s.index[rows], atoms, per_sample_weights=s.z[rows], mode="sum")
         c = residual @ atoms.T
         in_w = torch.zeros(c.shape, dtype=torch.int32, device=c.device)
         in_w.scatter_add_(1, s.index[rows], s.valid[rows].to(torch.int32))
@@ -268,7 +270,7 @@ class ActiveSetLasso:
         s.new[rows] = False
         s.new[grid, free] = put
         s.top[rows] = free[:, 0]
-        s.b[rows] = b[s.rows[rows]].gather(1, s.index[rows])
+        s.b[rows] = _pick(b, s.rows[rows], s.index[rows])
         s.gram[rows] = self._gram_block(atoms, full_gram, s.index[rows])
         del cand_score
         return done
@@ -288,3 +290,8 @@ def _masked_solve(gram: Tensor, rhs: Tensor, active: Tensor) -> tuple[Tensor, Te
     if bool(failed.any()):
         solution = torch.where(failed[:, None], 0.0, solution)
     return solution, failed
+
+
+def _pick(matrix: Tensor, rows: Tensor, columns: Tensor) -> Tensor:
+    """matrix[rows[i], columns[i, j]] as one flat `take` (no copy of whole rows)."""
+    return matrix.view(-1).take(rows[:, None] * matrix.shape[1] + columns)

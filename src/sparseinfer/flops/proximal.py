@@ -154,8 +154,8 @@ def active_set(
     for rows, size in window_checks:
         flops += Flops(matmul=2 * rows * size * size) + elementwise(rows * size, 4)
     for rows, size in kkt_checks:
-        flops += Flops(matmul=2 * rows * size * dim) + matmul(rows, dim, n_latents)
-        flops += elementwise(rows * dim + 4 * rows * n_latents)
+        flops += matmul(rows, dim, n_latents)  # c = r D^T; r = x - z D_W is an embedding bag (element-wise)
+        flops += elementwise(2 * rows * size * dim + rows * dim + 4 * rows * n_latents)
     for rows, size in gram_blocks:
         flops += Flops(matmul=2 * rows * size * size * dim)
     for rows, size in null_steps:
