@@ -65,6 +65,21 @@ def test_lasso_objective_matches_sklearn(penalty: float, nonneg: bool) -> None:
             assert (codes >= 0).all()
 
 
+def test_compiled_fista_equals_eager_and_reaches_sklearn_optimum() -> None:
+    """`compile=True` (torch.compile of the iteration, tensor threshold) against the eager loop and sklearn."""
+    dictionary, x = _problem(24, 12, batch=16, seed=5)
+    atoms = dictionary.atoms.detach()
+    for nonneg in (False, True):
+        kwargs = {"penalty": 0.2, "max_iter": 3000, "tol": 1e-10, "nonneg": nonneg}
+        eager, compiled = create("fista", **kwargs), create("fista", compile=True, **kwargs)
+        codes, fused = eager(x, dictionary), compiled(x, dictionary)
+        assert compiled.diagnostics.iterations == eager.diagnostics.iterations
+        assert (codes - fused).abs().max().item() < 1e-10
+        best = lasso_objective(x, atoms, _sklearn_codes(x, atoms, 0.2, nonneg), 0.2)
+        assert ((lasso_objective(x, atoms, fused, 0.2) - best) / best).max().item() < 1e-8
+        assert compiled.flops(16, 12, 24) == eager.flops(16, 12, 24)
+
+
 def test_factored_form_matches_sklearn() -> None:
     """N > 2M takes the factored gradient step (D then D^T) instead of the Gram matrix."""
     dictionary, x = _problem(48, 8, batch=8, seed=5)

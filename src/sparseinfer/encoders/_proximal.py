@@ -21,10 +21,15 @@ from sparseinfer.validation import check_count, check_finite, check_positive
 Iterates = Iterator[tuple[Tensor, Tensor]]
 
 
-def shrink(v: Tensor, threshold: float, nonneg: bool) -> Tensor:
-    """Proximal map of threshold * ||.||_1: soft threshold, or max(v - threshold, 0) when `nonneg`."""
+def shrink(v: Tensor, threshold: float | Tensor, nonneg: bool) -> Tensor:
+    """Proximal map of threshold * ||.||_1: soft threshold, or max(v - threshold, 0) when `nonneg`.
+
+    A tensor `threshold` (what a compiled loop passes, so that a new value needs no recompilation) takes the
+    equivalent v - clamp(v, -threshold, threshold)."""
     if nonneg:
         return (v - threshold).clamp_min_(0.0)
+    if isinstance(threshold, Tensor):
+        return v - v.clamp(-threshold, threshold)
     return torch.nn.functional.softshrink(v, threshold)  # one fused pass
 
 
