@@ -239,9 +239,11 @@ class ActiveSetLasso:
         if rows.numel() == 0:
             return done
         self.trace.kkt_checks.append((int(rows.numel()), p))
-        # r = x - z D_W as an embedding bag: no (rows, P, dim) gather of atoms
-        residual = x[s.rows[rows]] - F.embedding_bag(s.index[rows], atoms, per_sample_weights=s.z[rows], mode="sum")
-        c = residual @ atoms.T
+        if full_gram is not None:  # c = b - z G_W: rows x P x N multiply-adds instead of rows x dim x N
+            c = b[s.rows[rows]] - F.embedding_bag(s.index[rows], full_gram, per_sample_weights=s.z[rows], mode="sum")
+        else:  # c = (x - z D_W) D^T, the residual as an embedding bag (no (rows, P, dim) gather of atoms)
+            residual = x[s.rows[rows]] - F.embedding_bag(s.index[rows], atoms, per_sample_weights=s.z[rows], mode="sum")
+            c = residual @ atoms.T
         in_w = torch.zeros(c.shape, dtype=torch.int32, device=c.device)
         in_w.scatter_add_(1, s.index[rows], s.valid[rows].to(torch.int32))
         score = torch.where(in_w > 0, -torch.inf, self._score(c))

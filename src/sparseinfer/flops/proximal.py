@@ -144,7 +144,8 @@ def active_set(
 
     Set-up: b = x D^T, the screen, and D D^T when W's Gram blocks are gathered from it. Per solve: a masked Cholesky
     on (rows, P, P) and the ratio test. Per check inside W: c_W = b_W - z G_WW. Per full KKT check: r = x - z D_W
-    and c = r D^T with its violator scan. Without the full Gram, each new W's block is D_W D_W^T.
+    and c = r D^T with its violator scan (with the full Gram: c = b - z G_W). Without the full Gram, each new W's
+    block is D_W D_W^T.
     """
     flops = matmul(batch, dim, n_latents) + elementwise(batch * n_latents, 2)
     if full_gram:
@@ -154,8 +155,11 @@ def active_set(
     for rows, size in window_checks:
         flops += Flops(matmul=2 * rows * size * size) + elementwise(rows * size, 4)
     for rows, size in kkt_checks:
-        flops += matmul(rows, dim, n_latents)  # c = r D^T; r = x - z D_W is an embedding bag (element-wise)
-        flops += elementwise(2 * rows * size * dim + rows * dim + 4 * rows * n_latents)
+        if full_gram:  # c = b - z G_W, an embedding bag over the Gram's rows (element-wise for the counter)
+            flops += elementwise(2 * rows * size * n_latents + 5 * rows * n_latents)
+        else:  # c = r D^T; r = x - z D_W is an embedding bag
+            flops += matmul(rows, dim, n_latents)
+            flops += elementwise(2 * rows * size * dim + rows * dim + 4 * rows * n_latents)
     for rows, size in gram_blocks:
         flops += Flops(matmul=2 * rows * size * size * dim)
     for rows, size in null_steps:
