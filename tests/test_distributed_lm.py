@@ -15,9 +15,10 @@ from pathlib import Path
 
 import pytest
 import torch
+from _stores import clustered_store
 
 from sparseinfer.activations_training import LMTrainConfig, load_run, store_stream, train_on_activations
-from sparseinfer.data.store import ActivationStore, Manifest
+from sparseinfer.data.store import ActivationStore
 from sparseinfer.errors import SparseInferError
 from sparseinfer.training.accounting import training_step_flops
 from sparseinfer.training.fit import learnable_parameters
@@ -73,15 +74,7 @@ def torchrun(*args: str) -> subprocess.CompletedProcess:
 @pytest.fixture(scope="module")
 def store(tmp_path_factory) -> Path:
     """Four shards of clustered random 'activations' (no model needed)."""
-    folder = tmp_path_factory.mktemp("store")
-    gen = torch.Generator().manual_seed(0)
-    centres = torch.randn(24, DIM, generator=gen) * 2
-    st = ActivationStore.create(folder, Manifest("none", "h", "float32", DIM, 9, True))
-    for _ in range(4):
-        pick = torch.randint(24, (16, 9), generator=gen)
-        st.append(centres[pick] + 0.2 * torch.randn(16, 9, DIM, generator=gen) + 1.0, torch.zeros(16, 9).long())
-    st.finish()
-    return folder
+    return clustered_store(tmp_path_factory.mktemp("store"), DIM, clusters=24, scale=2.0, noise=0.2, offset=1.0)
 
 
 @pytest.fixture(scope="module")

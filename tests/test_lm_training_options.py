@@ -10,6 +10,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
+from _stores import clustered_store
 from scipy.optimize import minimize
 from torch.utils.flop_counter import FlopCounterMode
 from typer.testing import CliRunner
@@ -18,7 +19,6 @@ import sparseinfer as si
 from sparseinfer.activations_evaluate import matched_l0
 from sparseinfer.activations_training import LMTrainConfig, build, load_run, resolve, train_from_store
 from sparseinfer.cli import app
-from sparseinfer.data.store import ActivationStore, Manifest
 from sparseinfer.data.synthetic import make_synthetic
 from sparseinfer.errors import SparseInferError
 from sparseinfer.lm.losses import AuxK, auxk_flops, study_loss
@@ -32,16 +32,7 @@ DIM = 16
 @pytest.fixture(scope="module")
 def store(tmp_path_factory):
     """A small store of random 'activations' (a few clusters plus noise); no model needed to train on it."""
-    folder = tmp_path_factory.mktemp("store")
-    gen = torch.Generator().manual_seed(0)
-    centres = torch.randn(6, DIM, generator=gen) * 3
-    st = ActivationStore.create(folder, Manifest("none", "h", "float32", DIM, 9, True))
-    for _ in range(4):
-        pick = torch.randint(6, (16, 9), generator=gen)
-        acts = centres[pick] + 0.3 * torch.randn(16, 9, DIM, generator=gen) + 2.0
-        st.append(acts, torch.zeros(16, 9, dtype=torch.long))
-    st.finish()
-    return folder
+    return clustered_store(tmp_path_factory.mktemp("store"), DIM, clusters=6, scale=3.0, noise=0.3, offset=2.0)
 
 
 def test_fit_on_a_stream_equals_fit_on_the_tensor():
