@@ -411,7 +411,10 @@ def train_from_store(
     sample, batches = store_stream(st, config, group.rank, group.world, shards_in_memory, sample_tokens)
     m = st.manifest
     source = {"store": str(store), "model": m.model, "hook": m.hook, "tokens": st.usable_tokens()}
-    return train_on_activations(config, batches, out, m.dim, sample, source, device, progress, resume, group)
+    try:
+        return train_on_activations(config, batches, out, m.dim, sample, source, device, progress, resume, group)
+    finally:
+        group.finish()
 
 
 def store_stream(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import sys
 from pathlib import Path
 from typing import Annotated
@@ -213,7 +214,6 @@ def train(
     from sparseinfer.activations_training import LMTrainConfig, train_from_store
     from sparseinfer.activations_training import train_on_the_fly as run_on_the_fly
     from sparseinfer.inference import parse_params
-    from sparseinfer.training.distributed import is_main
 
     given = dict(
         preset=preset, encoder=encoder, hparams=parse_params(param) if param else None, expansion=expansion,
@@ -229,7 +229,7 @@ def train(
         raise SparseInferError("--distributed trains on an activation store: give --store (from `harvest`)")
     if store is not None:
         info = train_from_store(cfg, store, out, device=device, resume=resume, distributed=distributed)
-        if not is_main():  # one summary line, from rank 0
+        if distributed and os.environ.get("RANK", "0") != "0":  # one summary line, from rank 0 (group now closed)
             return
     else:
         from sparseinfer.data.activations import HarvestConfig

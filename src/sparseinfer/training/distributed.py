@@ -59,12 +59,21 @@ class DataParallel:
 
     rank: int = 0
     world: int = 1
+    owner: bool = False  # this object created the process group, so `finish` destroys it
 
     @classmethod
     def join(cls, device: str | torch.device = "cpu") -> DataParallel:
-        """Join torchrun's process group (see `init_process_group`)."""
+        """Join torchrun's process group (see `init_process_group`), or use the one already initialised."""
+        owner = not dist.is_initialized()
         rank, world = init_process_group(device)
-        return cls(rank, world)
+        return cls(rank, world, owner)
+
+    def finish(self) -> None:
+        """Wait for every rank (so none exits while another still talks to it), then destroy the group if ours."""
+        if self.world > 1:
+            dist.barrier()
+        if self.owner:
+            dist.destroy_process_group()
 
     @property
     def is_main(self) -> bool:
