@@ -7,7 +7,7 @@ Methods, same shapes, same dtype (float32 parameters; on CUDA every method runs 
 mixed precision of all three libraries), same data (one fixed batch of Gaussian activations):
 - `ours`: sparseinfer's `topk` encoder (sparse codes, `fused_backward=True`) + `Dictionary`, stepped by the library's
   own loop `sparseinfer.training.fit` (learn_both: MSE loss, Adam, atoms renormalised after each step);
-  `ours_default` is the same with the encoder's defaults (dense codes, autograd's dense linear backward);
+  `ours_default` is the same with the encoder's defaults (dense codes, so a dense decode; fused backward);
 - `plain`: a plain PyTorch TopK SAE written here (dense codes, dense decode, Adam, renormalised decoder);
 - `sparsify`: EleutherAI sparsify's `SparseCoder` with its trainer's step (decoder renormalised, forward -> FVU,
   backward, radial gradient removed, `torch.optim.Adam`, which is its trainer's "adam" without bitsandbytes);
