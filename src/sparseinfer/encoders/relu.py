@@ -35,11 +35,15 @@ class ReLUEncoder(Encoder):
         """Whether the linear map has a bias."""
         return self.linear.bias is not None
 
-    def pre_activation(self, x: Tensor, dictionary: Dictionary) -> Tensor:
-        """x W^T + b, after removing the dictionary bias when asked."""
+    def linear_input(self, x: Tensor, dictionary: Dictionary) -> Tensor:
+        """The checked input of the linear map: x, minus the dictionary bias when asked."""
         self._check(x, dictionary)
         check_dictionary(self.name, self.linear.in_features, self.linear.out_features, dictionary)
-        return self.linear(dictionary.centre(x) if self.subtract_bias else x)
+        return dictionary.centre(x) if self.subtract_bias else x
+
+    def pre_activation(self, x: Tensor, dictionary: Dictionary) -> Tensor:
+        """x W^T + b, after removing the dictionary bias when asked."""
+        return self.linear(self.linear_input(x, dictionary))
 
     def forward(self, x: Tensor, dictionary: Dictionary) -> Codes:
         codes = torch.relu(self.pre_activation(x, dictionary))

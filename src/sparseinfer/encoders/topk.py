@@ -12,7 +12,7 @@ from torch import Tensor
 
 from sparseinfer.codes import Codes
 from sparseinfer.dictionary import Dictionary
-from sparseinfer.encoders._activations import check_dictionary, topk_linear, topk_relu
+from sparseinfer.encoders._activations import topk_linear, topk_relu
 from sparseinfer.encoders.base import register
 from sparseinfer.encoders.relu import ReLUEncoder
 from sparseinfer.flops import amortised
@@ -44,9 +44,7 @@ class TopKEncoder(ReLUEncoder):
     def forward(self, x: Tensor, dictionary: Dictionary) -> Codes:
         if not self.fused_backward:
             return topk_relu(self.pre_activation(x, dictionary), self.k, self.sparse_output)
-        self._check(x, dictionary)
-        check_dictionary(self.name, self.linear.in_features, self.linear.out_features, dictionary)
-        inputs = dictionary.centre(x) if self.subtract_bias else x
+        inputs = self.linear_input(x, dictionary)
         return topk_linear(inputs, self.linear.weight, self.linear.bias, self.k, self.sparse_output)
 
     def inference_flops(self, batch: int, dim: int, n_latents: int) -> int:
