@@ -24,7 +24,7 @@ from pathlib import Path
 
 import torch
 
-from sparseinfer.data.activations import HarvestConfig, contexts_for, harvest
+from sparseinfer.data.harvest import HarvestConfig, contexts_for, harvest
 from sparseinfer.lm.hooks import capture, resolve_hook_points
 from sparseinfer.lm.model import load_model
 

@@ -15,7 +15,7 @@ import time
 
 import torch
 
-from sparseinfer.activations_training import LMTrainConfig, train_from_store
+from sparseinfer.training.activations import LMTrainConfig, train_from_store
 
 
 def timed(config: LMTrainConfig, store: str, device: str) -> float:

@@ -5,7 +5,7 @@
 Trains two SAEs with our library on synthetic data (`learn_both`, `sparseinfer.training.fit`): a ReLU SAE with an
 L1 penalty strong enough that its L0 is about K..2K, and a TopK SAE (k=K). Each is saved in the SAELens layout (and
 the TopK one also in the sparsify layout; sparsify has no ReLU SAE), reloaded through `sparseinfer.io.load_sae`, and
-its codes on held-out signals are compared with every refiner of `sparseinfer.pretrained`. FLOPs are per signal.
+its codes on held-out signals are compared with every refiner of `sparseinfer.evaluation.refine`. FLOPs are per signal.
 The penalty bisection that matches L0 (ito, fista, lca) runs once per SAE on `--calibration` signals; its FLOPs
 are printed in their own column, as a total and per held-out signal if it were amortised over this test set.
 """
@@ -23,8 +23,8 @@ from rich.table import Table
 
 from sparseinfer import Dictionary, create
 from sparseinfer.data.synthetic import make_synthetic
+from sparseinfer.evaluation.refine import REFINERS, build_method, score
 from sparseinfer.io import load_sae, save_saelens, save_sparsify
-from sparseinfer.pretrained import REFINERS, build_method, score
 from sparseinfer.training.config import TrainConfig
 from sparseinfer.training.fit import fit
 from sparseinfer.training.regimes import get_regime

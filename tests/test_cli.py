@@ -31,7 +31,7 @@ STUDY_ENCODERS = {
 
 
 def cli(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "sparseinfer.cli", *args], capture_output=True, text=True, timeout=300)
+    return subprocess.run([sys.executable, "-m", "sparseinfer", *args], capture_output=True, text=True, timeout=300)
 
 
 def metric(output: str, name: str) -> float:

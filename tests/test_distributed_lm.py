@@ -17,10 +17,11 @@ import pytest
 import torch
 from _stores import clustered_store
 
-from sparseinfer.activations_training import LMTrainConfig, load_run, store_stream, train_on_activations
 from sparseinfer.data.store import ActivationStore
 from sparseinfer.errors import SparseInferError
 from sparseinfer.training.accounting import training_step_flops
+from sparseinfer.training.activations import LMTrainConfig, load_run, train_on_activations
+from sparseinfer.training.activations.train import store_stream
 from sparseinfer.training.fit import learnable_parameters
 from sparseinfer.training.regimes import get_regime
 
@@ -45,7 +46,7 @@ def interrupted_after(batches, n):
 
 def worker(store: Path, out: Path) -> None:
     """Rank r: one full run through the public entry point, then one run interrupted after STOP steps."""
-    from sparseinfer.activations_training import train_from_store
+    from sparseinfer.training.activations import train_from_store
     from sparseinfer.training.distributed import DataParallel
 
     torch.set_num_threads(1)
@@ -159,7 +160,7 @@ def test_bad_splits_and_missing_store_are_clear_errors(store, tmp_path):
         store_stream(st, CONFIG, 0, 8)
     with pytest.raises(SparseInferError, match="does not split evenly"):
         store_stream(st, CONFIG.model_copy(update={"batch_size": 63}), 0, 2)
-    proc = subprocess.run([sys.executable, "-m", "sparseinfer.cli", "train", str(tmp_path / "x"), "--distributed"],
+    proc = subprocess.run([sys.executable, "-m", "sparseinfer", "train", str(tmp_path / "x"), "--distributed"],
                           capture_output=True, text=True, timeout=60)  # fmt: skip
     assert proc.returncode == 2 and "--store" in proc.stderr + proc.stdout
 

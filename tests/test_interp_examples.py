@@ -9,7 +9,7 @@ import torch
 from typer.testing import CliRunner
 
 from sparseinfer.cli import app
-from sparseinfer.data.activations import HarvestConfig, harvest
+from sparseinfer.data.harvest import HarvestConfig, harvest
 from sparseinfer.data.store import ActivationStore
 from sparseinfer.dictionary import Dictionary
 from sparseinfer.encoders.base import create

@@ -8,25 +8,20 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from sparseinfer.activations_evaluate import downstream_metrics, reconstruction_metrics
-from sparseinfer.activations_training import (
-    LMTrainConfig,
-    build,
-    data_scale,
-    default_l1,
-    load_run,
-    train_from_store,
-    train_on_the_fly,
-)
 from sparseinfer.cli import app
-from sparseinfer.data.activations import HarvestConfig, harvest
+from sparseinfer.data.harvest import HarvestConfig, harvest
 from sparseinfer.data.store import ActivationStore
 from sparseinfer.dictionary import Dictionary
 from sparseinfer.encoders.base import create
 from sparseinfer.errors import SparseInferError
+from sparseinfer.evaluation.downstream import downstream_metrics
+from sparseinfer.evaluation.reconstruction import reconstruction_metrics
 from sparseinfer.lm import capture, load_model
 from sparseinfer.lm.hooks import HookPoint
 from sparseinfer.lm.tiny import build_tiny_model
+from sparseinfer.training.activations import LMTrainConfig, load_run, train_from_store, train_on_the_fly
+from sparseinfer.training.activations.config import default_l1
+from sparseinfer.training.activations.initialise import build, data_scale
 
 WORDS = "the quick brown fox jumps over the lazy dog a stitch in time saves nine all that glitters is not gold".split()
 

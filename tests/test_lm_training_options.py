@@ -16,14 +16,15 @@ from torch.utils.flop_counter import FlopCounterMode
 from typer.testing import CliRunner
 
 import sparseinfer as si
-from sparseinfer.activations_evaluate import matched_l0
-from sparseinfer.activations_training import LMTrainConfig, build, load_run, resolve, train_from_store
 from sparseinfer.cli import app
 from sparseinfer.data.synthetic import make_synthetic
 from sparseinfer.errors import SparseInferError
-from sparseinfer.lm.losses import AuxK, auxk_flops, study_loss
-from sparseinfer.lm.median import centre_of, geometric_median
+from sparseinfer.evaluation.matched import matched_l0
 from sparseinfer.training import TrainConfig, fit, get_regime
+from sparseinfer.training.activations import LMTrainConfig, load_run, resolve, train_from_store
+from sparseinfer.training.activations.centre import centre_of, geometric_median
+from sparseinfer.training.activations.initialise import build
+from sparseinfer.training.activations.losses import AuxK, auxk_flops, study_loss
 from sparseinfer.training.fit import FitHooks
 
 DIM = 16

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import json
+from dataclasses import asdict
 
 import numpy as np
 import pytest
@@ -11,8 +12,9 @@ import torch
 
 from sparseinfer import Dictionary, SparseInferError, create
 from sparseinfer.cli import app
+from sparseinfer.cli.tables import refine_table
+from sparseinfer.evaluation.refine import DownstreamResult, build_method, refine, run_refine, score
 from sparseinfer.io import load_sae, save_saelens, save_sparsify
-from sparseinfer.pretrained import build_method, refine, run_refine, score
 
 N, M, K = 24, 10, 3
 FAST = {"bisection_steps": 6, "calibration": 64}
@@ -154,7 +156,7 @@ def tiny_lm(tmp_path_factory):
 
 def test_downstream_loss_through_tiny_llama(tiny_lm) -> None:
     """Reference CE: a hand-written hook replacing block 1's input (all positions but BOS) by the reconstruction."""
-    from sparseinfer.pretrained_lm import LMContext
+    from sparseinfer.evaluation.downstream import LMContext
 
     ctx = LMContext.load(str(tiny_lm / "model"), "resid_pre.1", str(tiny_lm / "docs.jsonl"), 3, 12, dim=16)
     sae = load_sae(tiny_lm / "sae")
@@ -163,7 +165,7 @@ def test_downstream_loss_through_tiny_llama(tiny_lm) -> None:
     rows = {}
     for m in ("sae", "support-refit"):
         refined = build_method(sae, x, m)
-        rows[m] = ctx.downstream(refined, score(refined, x)[1])
+        rows[m] = DownstreamResult(**asdict(score(refined, x)[1]), **ctx.downstream(refined, sae.dictionary))
 
     def ce_with(replace) -> float:
         def hook(_module, args, kwargs):
@@ -191,11 +193,11 @@ def test_downstream_loss_through_tiny_llama(tiny_lm) -> None:
         assert r.kl > 0 and r.ce_clean == own.ce_clean
     assert rows["support-refit"].fvu < own.fvu and rows["support-refit"].kl < own.kl
 
-    table = run_refine(
+    rows, title = run_refine(
         tiny_lm / "sae", None, "support-refit", model=str(tiny_lm / "model"), hook="resid_pre.1",
         text=str(tiny_lm / "docs.jsonl"), contexts=3, context_length=12,
     )  # fmt: skip
-    headers = [c.header for c in table.columns]
+    headers = [c.header for c in refine_table(rows, title).columns]
     assert {"ce", "loss_recovered", "kl"} <= set(headers)
     with pytest.raises(SparseInferError, match="width 16"):
         LMContext.load(str(tiny_lm / "model"), "resid_pre.1", str(tiny_lm / "docs.jsonl"), 1, 12, dim=10)

@@ -14,8 +14,8 @@ import pandas as pd
 import pytest
 
 from sparseinfer.errors import SparseInferError
+from sparseinfer.experiments.files import RESULT_FILE, read_json
 from sparseinfer.experiments.runner import RunSpec, run_sweep
-from sparseinfer.experiments.store import RESULT_FILE, read_json
 
 ray = pytest.importorskip("ray")
 
@@ -130,7 +130,7 @@ def test_cli_sweep_on_a_running_cluster_matches_process_backend(tmp_path, head_n
     address, env = head_node
     config = tmp_path / "sweep.yaml"
     config.write_text(SWEEP)
-    cmd = [sys.executable, "-m", "sparseinfer.cli", "sweep", str(config), "--out", str(tmp_path / "ray"),
+    cmd = [sys.executable, "-m", "sparseinfer", "sweep", str(config), "--out", str(tmp_path / "ray"),
            "--workers", "2", "--backend", "ray", "--address", address]  # fmt: skip
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=180, env=env)
     assert proc.returncode == 0, proc.stderr[-3000:]

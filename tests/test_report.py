@@ -11,9 +11,10 @@ import pandas as pd
 import pytest
 from rich.console import Console
 
+from sparseinfer.cli.tables import print_study_tables
 from sparseinfer.errors import SparseInferError
 from sparseinfer.experiments.figures import frontier, mean_curve
-from sparseinfer.experiments.report import eng, load_results, print_tables, summarise, write_report
+from sparseinfer.experiments.report import eng, load_results, summarise, sweep_axes, write_report
 
 SETTINGS = ("known_codes", "learn_both")
 # Final latent MCC of seeds 0, 1, 2: means and sample stds are easy by hand (e.g. 0.5, 0.6, 0.7 -> 0.6 ± 0.1).
@@ -110,7 +111,9 @@ def report_dir(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, str]:
     root = tmp_path_factory.mktemp("results")
     _make_results_dir(root)
     out = io.StringIO()
-    write_report(root, console=Console(file=out, width=200, color_system=None))
+    write_report(root)
+    results = load_results(root)
+    print_study_tables(summarise(results, sweep_axes(results)), Console(file=out, width=200, color_system=None))
     return root, out.getvalue()
 
 
@@ -144,7 +147,7 @@ def test_summary_group_by_splits_rows(tmp_path: Path) -> None:
     assert sorted(sae["n_seeds"]) == [1, 2]
     assert sae.set_index("encoder.k").loc[3.0, "latent_mcc_mean"] == pytest.approx(0.55)
     out = io.StringIO()
-    print_tables(summary, Console(file=out, width=200, color_system=None))
+    print_study_tables(summary, Console(file=out, width=200, color_system=None))
     assert "encoder.k" in out.getvalue() and "0.550 ± 0.071" in out.getvalue()
     with pytest.raises(SparseInferError, match="no_such_column"):
         summarise(results, group_by=("no_such_column",))
@@ -233,7 +236,7 @@ def test_missing_history_is_noted_and_bad_history_rejected(tmp_path: Path) -> No
     results = _make_results_dir(tmp_path, with_notes=False)
     results[results["setting"] == "known_codes"].to_parquet(tmp_path / "results.parquet", index=False)
     (tmp_path / "runs" / "known_codes-sae-s0" / "history.parquet").unlink()
-    path = write_report(tmp_path, console=Console(file=io.StringIO()))
+    path = write_report(tmp_path)
     text = path.read_text()
     assert "No history file for 1 run(s)" in text and "known_codes-sae-s0" in text
     assert "Notes on the protocol" not in text
@@ -241,7 +244,7 @@ def test_missing_history_is_noted_and_bad_history_rejected(tmp_path: Path) -> No
         tmp_path / "runs" / "known_codes-sae-s1" / "history.parquet"
     )
     with pytest.raises(SparseInferError, match="total_flops"):
-        write_report(tmp_path, console=Console(file=io.StringIO()))
+        write_report(tmp_path)
 
 
 def test_several_sizes_get_their_own_figures_and_columns(tmp_path: Path) -> None:
@@ -249,7 +252,7 @@ def test_several_sizes_get_their_own_figures_and_columns(tmp_path: Path) -> None
     results = results[(results["setting"] == "known_codes") & (results["method"] == "sae")].copy()
     results.loc[results["seed"] == 2, ["n_latents", "dim"]] = [32, 16]
     results.to_parquet(tmp_path / "results.parquet", index=False)
-    text = write_report(tmp_path, console=Console(file=io.StringIO())).read_text()
+    text = write_report(tmp_path).read_text()
     assert "| method | N | M | K | n |" in text
     assert "| sae | 16 | 8 | 3 | 2 | 0.550 ± 0.071 |" in text  # 0.5, 0.6: std = 0.1 / sqrt(2)
     assert "| sae | 32 | 16 | 3 | 1 | 0.700 |" in text  # one seed: no std

@@ -16,8 +16,7 @@ import pandas as pd
 import pytest
 
 from sparseinfer.errors import SparseInferError
-from sparseinfer.experiments.runner import RunFailureWarning, RunSpec, run_sweep
-from sparseinfer.experiments.store import (
+from sparseinfer.experiments.files import (
     flatten,
     gather_results,
     is_complete,
@@ -28,6 +27,7 @@ from sparseinfer.experiments.store import (
     write_parquet,
     write_yaml,
 )
+from sparseinfer.experiments.runner import RunFailureWarning, RunSpec, run_sweep
 
 TESTS_DIR = Path(__file__).resolve().parent
 

@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 
 from sparseinfer.errors import SparseInferError
+from sparseinfer.experiments.files import RUNS_DIR, read_parquet
 from sparseinfer.experiments.scaling import ScalingPreset, run_scaling, scaling_runs, scaling_sizes
-from sparseinfer.experiments.store import RUNS_DIR, read_parquet
 from sparseinfer.experiments.theory_study import TheoryPreset, run_theory
 from sparseinfer.theory import recovery_boundary
 

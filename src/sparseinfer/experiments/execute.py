@@ -22,7 +22,7 @@ from sparseinfer.dictionary import Dictionary
 from sparseinfer.encoders import create
 from sparseinfer.encoders.base import Encoder
 from sparseinfer.experiments.config import ITOConfig, RunConfig, parse_run
-from sparseinfer.experiments.store import write_parquet, write_yaml
+from sparseinfer.experiments.files import write_parquet, write_yaml
 from sparseinfer.flops import optimisation
 from sparseinfer.metrics import dictionary_mcc, latent_mcc
 from sparseinfer.training import Regime, TrainConfig, code_table_for, evaluate_synthetic, fit, get_regime, score_codes

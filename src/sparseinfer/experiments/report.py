@@ -13,9 +13,6 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-from rich import box
-from rich.console import Console
-from rich.table import Table
 
 from sparseinfer.errors import SparseInferError
 from sparseinfer.experiments.figures import (
@@ -26,8 +23,7 @@ from sparseinfer.experiments.figures import (
     equal_runs,
     write_figures,
 )
-from sparseinfer.experiments.store import RESULTS_TABLE, RUNS_DIR, read_parquet
-from sparseinfer.terminal import terminal
+from sparseinfer.experiments.files import RESULTS_TABLE, RUNS_DIR, read_parquet
 
 HISTORY_FILE = "history.parquet"
 REPORT_FILE = "report.md"
@@ -75,28 +71,10 @@ def summarise(results: pd.DataFrame, group_by: Sequence[str] = ()) -> pd.DataFra
     )
 
 
-def print_tables(summary: pd.DataFrame, console: Console) -> None:
-    """Print one rich table per setting: "mean ± std" cells, FLOPs in engineering notation, best latent MCC first.
-    Sweep axes (`group_by` columns of `summarise`) get their own columns."""
-    group_by = _group_columns(summary)
-    for setting, size, headers, rows in _setting_tables(summary):
-        title = f"{setting} ({size})" if size else setting
-        table = Table(title=title, title_justify="left", header_style="bold", box=box.SIMPLE_HEAD, pad_edge=False)
-        for i, header in enumerate(headers):
-            # Two-line headers, and cells never cut: the usual table fits an 80-column terminal.
-            header = header.replace(" ", "\n", 1)
-            width = max(len(line) for line in [*header.splitlines(), *(row[i] for row in rows)])
-            justify = "left" if i < 1 + len(group_by) else "right"
-            table.add_column(header, justify=justify, min_width=width, no_wrap=True)
-        for row in rows:
-            table.add_row(*row)
-        console.print(table)
-
-
 def markdown_tables(summary: pd.DataFrame) -> dict[str, str]:
     """The same tables as `print_tables`, as GitHub markdown (size line first when there is one size), by setting."""
     out = {}
-    for setting, size, headers, rows in _setting_tables(summary):
+    for setting, size, headers, rows in setting_tables(summary):
         lines = [f"Size: {size}", ""] if size else []
         lines += ["| " + " | ".join(headers) + " |", "|" + "|".join("---" for _ in headers) + "|"]
         lines += ["| " + " | ".join(cell.replace("|", "\\|") for cell in row) + " |" for row in rows]
@@ -150,14 +128,13 @@ def run_labels(results: pd.DataFrame, group_by: Sequence[str] = ()) -> pd.Series
     return (results["method"].astype(str) + " [" + joined + "]").reset_index(drop=True)
 
 
-def write_report(results_dir: Path, group_by: Sequence[str] = (), console: Console | None = None) -> Path:
-    """Read the sweep in `results_dir`, print its tables, draw its figures into `results_dir/figures/` and write
+def write_report(results_dir: Path, group_by: Sequence[str] = ()) -> Path:
+    """Read the sweep in `results_dir`, draw its figures into `results_dir/figures/` and write
     `results_dir/report.md` (tables, figure links, frontier winners, notes). Returns the report's path."""
     results_dir = Path(results_dir)
     results = load_results(results_dir)
     group_by = tuple(group_by) or sweep_axes(results)
     summary = summarise(results, group_by)
-    print_tables(summary, console or terminal())
     curves, absent = load_histories(results_dir, results, group_by)
     colours = colour_map(run_labels(results, group_by))
     sets = write_figures(curves, results_dir / FIGURES_DIR, colours) if len(curves) else []
@@ -243,16 +220,16 @@ def _frontier_text(front: pd.DataFrame) -> list[str]:
     return lines
 
 
-def _group_columns(summary: pd.DataFrame) -> list[str]:
+def group_columns(summary: pd.DataFrame) -> list[str]:
     """The sweep-axis columns of a `summarise` table: those between method and n_latents."""
     columns = list(summary.columns)
     return columns[columns.index("method") + 1 : columns.index(SIZE_COLUMNS[0])]
 
 
-def _setting_tables(summary: pd.DataFrame) -> list[tuple[str, str, list[str], list[list]]]:
+def setting_tables(summary: pd.DataFrame) -> list[tuple[str, str, list[str], list[list]]]:
     """(setting, size text, headers, formatted rows) per setting, rows sorted by latent MCC (best first). The size
     text ("N=16, M=8, K=3") is set when a setting has one size, else sizes are columns; all-NaN metrics are left out."""
-    group_by = _group_columns(summary)
+    group_by = group_columns(summary)
     out = []
     for setting, part in summary.groupby("setting", sort=True):
         part = part.sort_values("latent_mcc_mean", ascending=False, na_position="last", kind="stable")

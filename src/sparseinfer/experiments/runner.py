@@ -1,4 +1,4 @@
-"""The sweep runner: many runs, each into its own folder `out_dir/runs/<run_id>/`, in-process or in a process pool.
+"""The sweep runner: many runs, each into its own folder `out_dir/runs/<run_id>/`, on one of `backends`.
 
 Resumable by construction: a run is complete iff its `result.json` exists, and that file is written last and
 atomically, so after Ctrl-C or `kill -9` every folder is either complete (skipped on resume, never
@@ -8,17 +8,11 @@ it continues the same sweep; `out_dir/results.parquet` gathers the complete runs
 
 from __future__ import annotations
 
-import multiprocessing
 import pickle
 import re
 import shutil
-import signal
-import time
-import traceback
 import warnings
-from collections.abc import Callable, Mapping, Sequence
-from concurrent.futures import Future, ProcessPoolExecutor, as_completed
-from dataclasses import dataclass
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -27,31 +21,13 @@ import yaml
 from tqdm.auto import tqdm
 
 from sparseinfer.errors import SparseInferError
-from sparseinfer.experiments.store import (
-    RESULT_FILE,
-    RUNS_DIR,
-    gather_results,
-    is_complete,
-    read_yaml,
-    to_plain,
-    write_json,
-    write_text,
-    write_yaml,
-)
+from sparseinfer.experiments.backends import BACKENDS
+from sparseinfer.experiments.files import RUNS_DIR, gather_results, is_complete, read_yaml, to_plain, write_yaml
+from sparseinfer.experiments.run_folder import ERROR_FILE, Execute, Outcome, RunSpec, one_line
 
 SWEEP_FILE = "sweep.yaml"
-ERROR_FILE = "error.txt"
 _RUN_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._=+-]{0,199}")
-
-Execute = Callable[[dict, Path], dict]
-
-
-@dataclass
-class RunSpec:
-    """One run of a sweep: a unique, filesystem-safe id (its folder name) and the config handed to `execute`."""
-
-    run_id: str
-    config: dict
+__all__ = ["RunFailureWarning", "RunSpec", "SweepInterrupted", "run_sweep"]
 
 
 class SweepInterrupted(KeyboardInterrupt):
@@ -63,47 +39,6 @@ class SweepInterrupted(KeyboardInterrupt):
 class RunFailureWarning(UserWarning):
     """Issued by `run_sweep` when some runs raised: how many, and the first message. Their tracebacks are in
     `runs/<run_id>/error.txt`; a resumed sweep retries them."""
-
-
-@dataclass
-class _Outcome:
-    run_id: str
-    error: str | None  # one line naming the failure; None when the run completed
-
-
-def _one_line(exc: BaseException) -> str:
-    text = str(exc).strip().splitlines()
-    return f"{type(exc).__name__}: {text[0]}" if text else type(exc).__name__
-
-
-def _record_failure(run_dir: Path, run_id: str, exc: BaseException) -> _Outcome:
-    run_dir.mkdir(parents=True, exist_ok=True)
-    write_text(run_dir / ERROR_FILE, "".join(traceback.format_exception(exc)))
-    return _Outcome(run_id, _one_line(exc))
-
-
-def _execute_run(execute: Execute, spec: RunSpec, run_dir: Path) -> _Outcome:
-    """Run one spec into `run_dir` (in this process or a worker); write result.json last, or error.txt on failure."""
-    run_dir.mkdir(parents=True, exist_ok=True)
-    start = time.perf_counter()
-    try:
-        result = execute(spec.config, run_dir)
-        if not isinstance(result, Mapping):
-            raise SparseInferError(f"execute must return a dict of results, got {type(result).__name__}")
-        result = {**result, "wall_time_s": time.perf_counter() - start, "run_id": spec.run_id}
-        write_json(run_dir / RESULT_FILE, result)  # the completion marker: atomic, and always written last
-    except Exception as exc:
-        return _record_failure(run_dir, spec.run_id, exc)
-    return _Outcome(spec.run_id, None)
-
-
-def _init_worker() -> None:
-    """Pool worker set-up: one torch thread per worker (the pool provides the parallelism), and leave Ctrl-C to
-    the parent, which stops the workers itself, so a Ctrl-C does not print one traceback per worker."""
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-    import torch
-
-    torch.set_num_threads(1)
 
 
 def _check_specs(specs: Sequence[RunSpec]) -> None:
@@ -132,13 +67,13 @@ def _check_picklable(execute: Execute, specs: Sequence[RunSpec]) -> None:
         pickle.dumps(execute)
     except Exception as exc:
         raise SparseInferError(
-            f"execute must be a top-level (picklable) function when workers > 1: {_one_line(exc)}"
+            f"execute must be a top-level (picklable) function when workers > 1: {one_line(exc)}"
         ) from exc
     for spec in specs:
         try:
             pickle.dumps(spec.config)
         except Exception as exc:
-            raise SparseInferError(f"config of run {spec.run_id!r} cannot be pickled: {_one_line(exc)}") from exc
+            raise SparseInferError(f"config of run {spec.run_id!r} cannot be pickled: {one_line(exc)}") from exc
 
 
 def _dump(value: Any) -> str:
@@ -202,41 +137,6 @@ def _prepare(out_dir: Path, specs: Sequence[RunSpec], resume: bool) -> None:
     write_yaml(sweep_file, {"runs": entries})
 
 
-def _stop_pool(executor: ProcessPoolExecutor) -> None:
-    """Cancel queued runs and stop the workers now, without waiting for runs in progress (their folders have no
-    result.json, so a resume redoes them). ProcessPoolExecutor has no public way to stop running tasks, hence the
-    read of its `_processes`."""
-    processes = list((getattr(executor, "_processes", None) or {}).values())
-    executor.shutdown(wait=False, cancel_futures=True)
-    for process in processes:
-        process.terminate()
-    for process in processes:
-        process.join(timeout=10)
-
-
-def _run_pool(execute: Execute, pending: list[RunSpec], runs_dir: Path, workers: int, record: Callable) -> None:
-    executor = ProcessPoolExecutor(
-        max_workers=min(workers, len(pending)),
-        mp_context=multiprocessing.get_context("spawn"),
-        initializer=_init_worker,
-    )
-    try:
-        futures: dict[Future, RunSpec] = {
-            executor.submit(_execute_run, execute, spec, runs_dir / spec.run_id): spec for spec in pending
-        }
-        for future in as_completed(futures):
-            spec = futures[future]
-            try:
-                outcome = future.result()
-            except Exception as exc:  # the worker died (e.g. out of memory): the run failed, retried on resume
-                outcome = _record_failure(runs_dir / spec.run_id, spec.run_id, exc)
-            record(outcome)
-    except BaseException:
-        _stop_pool(executor)
-        raise
-    executor.shutdown(wait=True)
-
-
 def run_sweep(
     specs: Sequence[RunSpec],
     out_dir: Path,
@@ -256,7 +156,7 @@ def run_sweep(
     are skipped and incomplete or failed ones are wiped and redone; without it, an `out_dir` that already holds
     runs is refused. `workers > 1` runs in a "spawn" process pool (`execute` must then be a top-level function),
     one torch thread per worker. Ctrl-C cancels pending runs, stops the workers and raises `SweepInterrupted`.
-    `backend="ray"` runs each spec as a Ray task instead (`experiments.ray_backend`): on the cluster at
+    `backend="ray"` runs each spec as a Ray task instead (`experiments.backends`): on the cluster at
     `ray_address`, or on a local one with `workers` CPUs; same folders, same resume and kill-safety.
     """
     specs = list(specs)
@@ -264,8 +164,8 @@ def run_sweep(
     _check_specs(specs)
     if not isinstance(workers, int) or isinstance(workers, bool) or workers < 1:
         raise SparseInferError(f"workers must be a positive integer, got {workers!r}")
-    if backend not in ("process", "ray"):
-        raise SparseInferError(f"backend must be 'process' or 'ray', got {backend!r}")
+    if backend not in BACKENDS:
+        raise SparseInferError(f"backend must be one of {', '.join(BACKENDS)}, got {backend!r}")
     if workers > 1 or backend == "ray":
         _check_picklable(execute, specs)
     _prepare(out_dir, specs, resume)
@@ -290,22 +190,16 @@ def run_sweep(
         dynamic_ncols=True,
     )
 
-    def record(outcome: _Outcome) -> None:
+    def record(outcome: Outcome) -> None:
         if outcome.error is not None:
             failures[outcome.run_id] = outcome.error
             bar.set_postfix(failed=len(failures))
         bar.update(1)
 
     try:
-        if backend == "ray" and pending:
-            from sparseinfer.experiments.ray_backend import run_ray
-
-            run_ray(execute, pending, runs_dir, record, address=ray_address, workers=workers)
-        elif workers > 1 and pending:
-            _run_pool(execute, pending, runs_dir, workers, record)
-        else:
-            for spec in pending:
-                record(_execute_run(execute, spec, runs_dir / spec.run_id))
+        if pending:
+            run = BACKENDS[backend] if backend != "process" or workers > 1 else BACKENDS["serial"]
+            run(execute, pending, runs_dir, record, workers=workers, address=ray_address)
     except KeyboardInterrupt:
         done = sum(is_complete(runs_dir / spec.run_id) for spec in specs)
         raise SweepInterrupted(

@@ -24,8 +24,8 @@ import pandas as pd
 from sparseinfer.errors import SparseInferError
 from sparseinfer.experiments.config import RunConfig, parse_run
 from sparseinfer.experiments.execute import execute
+from sparseinfer.experiments.files import RUNS_DIR, read_parquet, write_parquet
 from sparseinfer.experiments.runner import run_sweep
-from sparseinfer.experiments.store import RUNS_DIR, read_parquet, write_parquet
 from sparseinfer.theory.boundary import recovery_boundary
 
 N_VALUES = (16, 32, 64, 128)

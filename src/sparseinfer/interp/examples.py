@@ -82,7 +82,7 @@ def load_encoder(folder: str | Path) -> tuple[Encoder, Dictionary, float]:
     """(encoder, dictionary, input scale) from a `sparseinfer train` run folder or a native encoder folder."""
     folder = Path(folder)
     if (folder / "run.json").exists():
-        from sparseinfer.activations_training import load_run
+        from sparseinfer.training.activations import load_run
 
         encoder, dictionary, info = load_run(folder)
         return encoder, dictionary, float(info.get("scale", 1.0))

@@ -1,5 +1,5 @@
 """`fit`: the ONE training loop, over (encoder, dictionary, data, regime). Every method of the study goes through it,
-and so does training on language-model activations (`sparseinfer.activations_training`).
+and so does training on language-model activations (`sparseinfer.training.activations`).
 
 Data: an in-memory tensor (indexed into full or shuffled minibatches) or any iterable of batches (a stream from an
 activation store). Options that the synthetic study leaves off: a `schedule(step) -> (lr multiplier, l1 multiplier)`,

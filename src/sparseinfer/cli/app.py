@@ -5,12 +5,13 @@ from __future__ import annotations
 import os
 import sys
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
+import yaml
 
+from sparseinfer.cli.tables import terminal
 from sparseinfer.errors import SparseInferError
-from sparseinfer.terminal import terminal
 
 app = typer.Typer(
     help="Sparse inference and dictionary learning: any encoder with any dictionary, compared against compute.",
@@ -27,10 +28,21 @@ RayAddress = Annotated[
 ]
 
 
+def parse_params(pairs: list[str]) -> dict[str, Any]:
+    """`["penalty=0.01", "nonneg=true"]` -> {"penalty": 0.01, "nonneg": True} (values parsed as YAML scalars)."""
+    out: dict[str, Any] = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not key.strip():
+            raise SparseInferError(f"hyperparameter {pair!r} must look like KEY=VALUE")
+        out[key.strip()] = yaml.safe_load(value)
+    return out
+
+
 @app.command()
 def encoders() -> None:
     """List the registered encoders with a one-line description and their hyperparameters."""
-    from sparseinfer.inference import encoder_table
+    from sparseinfer.cli.tables import encoder_table
 
     console.print(encoder_table())
 
@@ -64,16 +76,17 @@ def infer(
 
     With --sae: the SAE's own codes vs codes refined by --encoder (support-refit|ito|fista|omp|lca|all) at matched
     L0; with --model also the downstream CE, loss recovered and KL of each (signals default to the model's)."""
-    from sparseinfer.inference import infer_table, parse_params, run_inference
+    from sparseinfer.cli.tables import inference_table, refine_table
+    from sparseinfer.evaluation.inference import run_inference
 
     if sae is not None:
-        from sparseinfer.pretrained import run_refine
+        from sparseinfer.evaluation.refine import run_refine
 
-        table = run_refine(
+        rows, title = run_refine(
             sae, signals, encoder, parse_params(param or []), out=out, model=model, hook=hook, text=text,
             contexts=contexts, context_length=context_length,
         )  # fmt: skip
-        console.print(table)
+        console.print(refine_table(rows, title))
         return
 
     report = run_inference(
@@ -90,7 +103,7 @@ def infer(
         dtype=dtype,
         signed=signed,
     )
-    console.print(infer_table(report))
+    console.print(inference_table(report))
 
 
 @app.command()
@@ -111,7 +124,8 @@ def run(
     runs = load_runs(config)
     specs = [r.spec() for r in runs]
     run_sweep(specs, out, execute, workers=workers, resume=resume, backend=backend, ray_address=ray_address)
-    write_report(out, console=console)
+    write_report(out)
+    _print_study(out)
 
 
 app.command("sweep", help="Run a sweep config (same as `run`): --backend ray [--address ADDR] for a Ray cluster.")(run)
@@ -135,7 +149,18 @@ def reproduce(
     extra = [e.strip() for e in encoders.split(",") if e.strip()]
     seed_list = [int(s) for s in seeds.split(",") if s.strip()] or None
     run_study(target, preset, out, workers, resume, extra, seed_list, backend=backend, ray_address=ray_address)
+    if (out / "results.parquet").exists():
+        _print_study(out)
     console.print(f"[green]report written to {out / 'report.md'}[/green]")
+
+
+def _print_study(results_dir: Path) -> None:
+    """The summary tables of a sweep folder, one per setting."""
+    from sparseinfer.cli.tables import print_study_tables
+    from sparseinfer.experiments.report import load_results, summarise, sweep_axes
+
+    results = load_results(results_dir)
+    print_study_tables(summarise(results, sweep_axes(results)), console)
 
 
 @app.command()
@@ -143,7 +168,8 @@ def report(results_dir: Annotated[Path, typer.Argument(help="folder holding resu
     """Print the tables and write report.md plus figures (PNG and PDF) from a results folder."""
     from sparseinfer.experiments.report import write_report
 
-    path = write_report(results_dir, console=console)
+    path = write_report(results_dir)
+    _print_study(results_dir)
     console.print(f"[green]report written to {path}[/green]")
 
 
@@ -164,8 +190,8 @@ def harvest(
     resume: Annotated[bool, typer.Option(help="continue an interrupted harvest in OUT")] = True,
 ) -> None:
     """Run a language model over text and store activations at hook points as checksummed safetensors shards."""
-    from sparseinfer.data.activations import HarvestConfig
-    from sparseinfer.data.activations import harvest as run_harvest
+    from sparseinfer.data.harvest import HarvestConfig
+    from sparseinfer.data.harvest import harvest as run_harvest
 
     cfg = HarvestConfig(
         model, tuple(hook or ["resid_pre.9"]), text, split, context_length, contexts, contexts_per_shard, batch_size,
@@ -211,9 +237,8 @@ def train(
     """Train an encoder and a dictionary (learn_both) on a store, or on the fly from a model when no --store."""
     from pydantic import ValidationError
 
-    from sparseinfer.activations_training import LMTrainConfig, train_from_store
-    from sparseinfer.activations_training import train_on_the_fly as run_on_the_fly
-    from sparseinfer.inference import parse_params
+    from sparseinfer.training.activations import LMTrainConfig, train_from_store
+    from sparseinfer.training.activations import train_on_the_fly as run_on_the_fly
 
     given = dict(
         preset=preset, encoder=encoder, hparams=parse_params(param) if param else None, expansion=expansion,
@@ -232,7 +257,7 @@ def train(
         if distributed and os.environ.get("RANK", "0") != "0":  # one summary line, from rank 0 (group now closed)
             return
     else:
-        from sparseinfer.data.activations import HarvestConfig
+        from sparseinfer.data.harvest import HarvestConfig
 
         harvest_cfg = HarvestConfig(model, (hook,), text, n_contexts=10**9, device=device)
         info = run_on_the_fly(cfg, harvest_cfg, out, device=device, resume=resume)
@@ -257,13 +282,14 @@ def evaluate(
     device: Annotated[str, typer.Option()] = "cpu",
 ) -> None:
     """FVU, L0, dead/dense latents and downstream loss (CE, loss recovered, KL) of trained runs; one table."""
-    from sparseinfer.activations_evaluate import comparison_table, evaluate_runs, matched_l0, rich_table
-    from sparseinfer.inference import parse_params
+    from sparseinfer.cli.tables import evaluation_table
+    from sparseinfer.evaluation.matched import matched_l0
+    from sparseinfer.evaluation.runs import comparison_table, evaluate_runs
 
     rows = evaluate_runs(runs, store, tokens, contexts, infer_with, parse_params(param or []), device)
     table = comparison_table(rows, out)
-    console.print(rich_table(table.sort_values(["l0"], kind="stable")))
-    console.print(rich_table(matched_l0(table), "the same encoders at matched L0"))
+    console.print(evaluation_table(table.sort_values(["l0"], kind="stable")))
+    console.print(evaluation_table(matched_l0(table), "the same encoders at matched L0"))
 
 
 llm_app = typer.Typer(help="The local explainer LLM (llama.cpp server, OpenAI-compatible).", no_args_is_help=True)
@@ -308,10 +334,10 @@ def interpret(
     """Explain and score latents of one or more encoders with an LLM; print the comparison across encoders."""
     import contextlib
 
+    from sparseinfer.cli.tables import interpretability_table
     from sparseinfer.interp.client import ChatClient, LLMConfig
     from sparseinfer.interp.pipeline import InterpretConfig
     from sparseinfer.interp.pipeline import interpret as run_interpret
-    from sparseinfer.interp.report import comparison_table
     from sparseinfer.interp.server import LocalLLMServer
 
     cfg = InterpretConfig(
@@ -324,7 +350,7 @@ def interpret(
                                  cache_dir=out / "llm-cache")  # fmt: skip
         client = stack.enter_context(ChatClient(llm))
         scores, comparison = run_interpret(runs, store, out, client, cfg, progress=console.print)
-    console.print(comparison_table(scores, comparison))
+    console.print(interpretability_table(scores, comparison))
 
 
 @app.command()

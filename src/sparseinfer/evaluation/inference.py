@@ -1,11 +1,10 @@
 """One-shot inference: run any encoder on a synthetic problem or on signals from a file, and score it.
 
-Backs `sparseinfer infer` and `sparseinfer encoders`; usable from Python too.
+Backs `sparseinfer infer`; usable from Python too.
 """
 
 from __future__ import annotations
 
-import inspect
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -13,15 +12,13 @@ from typing import Any
 
 import numpy as np
 import torch
-import yaml
-from rich.table import Table
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from sparseinfer.codes import as_dense
 from sparseinfer.data.synthetic import make_synthetic
 from sparseinfer.dictionary import Dictionary
-from sparseinfer.encoders import available, create, get
+from sparseinfer.encoders import create
 from sparseinfer.encoders.base import IterativeEncoder, hyperparameters, needs_k
 from sparseinfer.errors import SparseInferError
 from sparseinfer.metrics import fvu, l0, latent_mcc, relative_code_error, support_recovery
@@ -39,17 +36,6 @@ class InferenceReport:
     seconds: float
     metrics: dict[str, float] = field(default_factory=dict)
     diagnostics: str = ""
-
-
-def parse_params(pairs: list[str]) -> dict[str, Any]:
-    """`["penalty=0.01", "nonneg=true"]` -> {"penalty": 0.01, "nonneg": True} (values parsed as YAML scalars)."""
-    out: dict[str, Any] = {}
-    for pair in pairs:
-        key, sep, value = pair.partition("=")
-        if not sep or not key.strip():
-            raise SparseInferError(f"hyperparameter {pair!r} must look like KEY=VALUE")
-        out[key.strip()] = yaml.safe_load(value)
-    return out
 
 
 def _read(path: Path, what: str) -> dict[str, torch.Tensor]:
@@ -165,35 +151,3 @@ def run_inference(
         metrics=metrics,
         diagnostics=str(diagnostics) if diagnostics is not None else "",
     )
-
-
-def infer_table(report: InferenceReport) -> Table:
-    """A terminal table of one inference report."""
-    table = Table(title=f"{report.encoder} on {report.n_samples} signals (N={report.n_latents}, M={report.dim})")
-    table.add_column("metric")
-    table.add_column("value", justify="right")
-    for key, value in report.metrics.items():
-        table.add_row(key, f"{value:.4f}")
-    table.add_row("FLOPs", f"{report.flops:.3e}")
-    table.add_row("time (s)", f"{report.seconds:.4f}")
-    if report.diagnostics:
-        table.add_row("solver", report.diagnostics)
-    return table
-
-
-def _default(value: Any) -> str:
-    return "required" if value is inspect.Parameter.empty else repr(value)
-
-
-def encoder_table() -> Table:
-    """Every registered encoder: name, kind, one-line description, hyperparameters with defaults."""
-    table = Table(title="registered encoders")
-    for column in ("name", "kind", "description", "hyperparameters"):
-        table.add_column(column, overflow="fold")
-    for name in available():
-        params = ", ".join(
-            f"{k}={_default(v)}" for k, v in hyperparameters(name).items() if k not in ("dim", "n_latents")
-        )
-        cls = get(name)
-        table.add_row(name, cls.kind, cls.summary, params)
-    return table

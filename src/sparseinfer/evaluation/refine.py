@@ -15,12 +15,11 @@ SAE's. That bisection is a one-off per SAE, not part of inference; its FLOPs are
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
-from rich.table import Table
 from torch import Tensor
 
 from sparseinfer.codes import as_dense
@@ -52,6 +51,17 @@ class RefineResult:
     detail: str = ""
     calibration_flops: int = 0
     calibration_samples: int = 0
+
+
+@dataclass
+class DownstreamResult(RefineResult):
+    """A comparison row plus the spliced model's losses (clean and zero-ablated CE are the same for every row)."""
+
+    ce: float = 0.0
+    ce_clean: float = 0.0
+    ce_zero: float = 0.0
+    loss_recovered: float = 0.0
+    kl: float = 0.0
 
 
 class RefinedEncoder(Encoder):
@@ -224,22 +234,6 @@ def compare(
     return [refine(loaded, x, m, params, bisection_steps=bisection_steps)[1] for m in ["sae", *methods]]
 
 
-def refine_table(rows: list[RefineResult], title: str = "SAE codes vs refined codes") -> Table:
-    """A terminal table of a comparison (downstream columns when the rows carry them)."""
-    table = Table(title=title)
-    extra = [c for c in ("ce", "loss_recovered", "kl") if all(hasattr(r, c) for r in rows) and rows]
-    columns = ["method", "FVU", "L0", "FLOPs", "extra FLOPs", "calibration FLOPs", *extra, "detail"]
-    for column in columns:
-        table.add_column(column, justify="left" if column in ("method", "detail") else "right")
-    for r in rows:
-        cal = f"{r.calibration_flops:.2e} ({r.calibration_samples} sig.)" if r.calibration_flops else "-"
-        cells = [f"{getattr(r, c):.4f}" for c in extra]
-        table.add_row(
-            r.method, f"{r.fvu:.4f}", f"{r.l0:.2f}", f"{r.flops:.3e}", f"{r.extra_flops:.3e}", cal, *cells, r.detail
-        )
-    return table
-
-
 def run_refine(
     sae: Path,
     signals: Path | None,
@@ -251,16 +245,17 @@ def run_refine(
     text: str = "shakespeare",
     contexts: int = 16,
     context_length: int = 128,
-) -> Table:
+) -> tuple[list[RefineResult], str]:
     """`sparseinfer infer --sae`: load the SAE and the signals, compare its codes with `method` ('all': every
-    refiner), optionally save the refined codes (last method) to `out`; returns the table.
+    refiner), optionally save the refined codes (last method) to `out`; returns the rows and a title.
 
     With `model` (a local folder or the built-in default), each method's reconstruction is also spliced into the
     model at `hook` on `contexts` test contexts of `text`, adding CE, loss recovered and KL; the signals then default
     to the activations at `hook` on those contexts."""
     from safetensors.torch import save_file
 
-    from sparseinfer.inference import load_signals
+    from sparseinfer.evaluation.downstream import LMContext
+    from sparseinfer.evaluation.inference import load_signals
 
     methods = list(REFINERS) if method == "all" else [method]
     if any(m not in REFINERS for m in methods):
@@ -270,15 +265,17 @@ def run_refine(
     loaded = load_sae(sae)
     lm = None
     if model is not None:
-        from sparseinfer.pretrained_lm import LMContext
-
         lm = LMContext.load(model, hook, text, contexts, context_length, loaded.dictionary.dim)
     x = load_signals(signals) if signals is not None else lm.activations()  # type: ignore[union-attr]
-    rows, codes = [], None
+    rows: list[RefineResult] = []
+    codes = None
     for m in ["sae", *methods]:
         refined = build_method(loaded, x, m, params)
         codes, row = score(refined, x)
-        rows.append(lm.downstream(refined, row) if lm is not None else row)
+        if lm is not None:
+            metrics = lm.downstream(refined, loaded.dictionary)
+            row = DownstreamResult(**asdict(row), **{k: float(v) for k, v in metrics.items()})
+        rows.append(row)
     if out is not None and codes is not None:
         save_file({"codes": codes.contiguous()}, str(out))
-    return refine_table(rows, f"{loaded.source} SAE on {x.shape[0]} signals (N={loaded.dictionary.n_latents})")
+    return rows, f"{loaded.source} SAE on {x.shape[0]} signals (N={loaded.dictionary.n_latents})"

@@ -1,0 +1,131 @@
+"""Every table the command line prints (rich), built from the rows and DataFrames the library returns, and the
+console they go to (full width in files and pipes). The library itself never prints."""
+
+from __future__ import annotations
+
+import inspect
+import math
+import sys
+from typing import Any
+
+import pandas as pd
+from rich import box
+from rich.console import Console
+from rich.table import Table
+
+from sparseinfer.encoders import available, get
+from sparseinfer.encoders.base import hyperparameters
+from sparseinfer.evaluation.inference import InferenceReport
+from sparseinfer.evaluation.matched import MATCHED_METRICS
+from sparseinfer.evaluation.refine import RefineResult
+from sparseinfer.experiments.report import group_columns, setting_tables
+
+
+def terminal() -> Console:
+    """A rich console sized for the output: the terminal's width, or 160 columns for files and pipes."""
+    return Console() if sys.stdout.isatty() else Console(width=160)
+
+
+def inference_table(report: InferenceReport) -> Table:
+    """A terminal table of one inference report."""
+    table = Table(title=f"{report.encoder} on {report.n_samples} signals (N={report.n_latents}, M={report.dim})")
+    table.add_column("metric")
+    table.add_column("value", justify="right")
+    for key, value in report.metrics.items():
+        table.add_row(key, f"{value:.4f}")
+    table.add_row("FLOPs", f"{report.flops:.3e}")
+    table.add_row("time (s)", f"{report.seconds:.4f}")
+    if report.diagnostics:
+        table.add_row("solver", report.diagnostics)
+    return table
+
+
+def _default(value: Any) -> str:
+    return "required" if value is inspect.Parameter.empty else repr(value)
+
+
+def encoder_table() -> Table:
+    """Every registered encoder: name, kind, one-line description, hyperparameters with defaults."""
+    table = Table(title="registered encoders")
+    for column in ("name", "kind", "description", "hyperparameters"):
+        table.add_column(column, overflow="fold")
+    for name in available():
+        params = ", ".join(
+            f"{k}={_default(v)}" for k, v in hyperparameters(name).items() if k not in ("dim", "n_latents")
+        )
+        cls = get(name)
+        table.add_row(name, cls.kind, cls.summary, params)
+    return table
+
+
+def refine_table(rows: list[RefineResult], title: str = "SAE codes vs refined codes") -> Table:
+    """A terminal table of a comparison (downstream columns when the rows carry them)."""
+    table = Table(title=title)
+    extra = [c for c in ("ce", "loss_recovered", "kl") if all(hasattr(r, c) for r in rows) and rows]
+    columns = ["method", "FVU", "L0", "FLOPs", "extra FLOPs", "calibration FLOPs", *extra, "detail"]
+    for column in columns:
+        table.add_column(column, justify="left" if column in ("method", "detail") else "right")
+    for r in rows:
+        cal = f"{r.calibration_flops:.2e} ({r.calibration_samples} sig.)" if r.calibration_flops else "-"
+        cells = [f"{getattr(r, c):.4f}" for c in extra]
+        table.add_row(
+            r.method, f"{r.fvu:.4f}", f"{r.l0:.2f}", f"{r.flops:.3e}", f"{r.extra_flops:.3e}", cal, *cells, r.detail
+        )
+    return table
+
+
+RUN_COLUMNS = ["encoder", "l0", "fvu", "dead_fraction", "dense_fraction", "ce_clean", "ce", "ce_zero"]
+RUN_COLUMNS += ["loss_recovered", "kl", "inference_flops_per_token", "train_flops"]
+MATCHED_COLUMNS = ["target_l0", "encoder", "how", "l0", *MATCHED_METRICS]
+TEXT_COLUMNS = ("encoder", "how")
+
+
+def evaluation_table(table: pd.DataFrame, title: str = "dictionaries on held-out activations") -> Any:
+    """A comparison table (per run, or `matched_l0`'s) as a rich table for the terminal."""
+    from rich.table import Table
+
+    columns = MATCHED_COLUMNS if "target_l0" in table else RUN_COLUMNS
+    shown = Table(title=title)
+    present = [c for c in columns if c in table]
+    for c in present:
+        shown.add_column(c, justify="left" if c in TEXT_COLUMNS else "right")
+    for _, r in table.iterrows():
+        shown.add_row(*(str(r[c]) if c in TEXT_COLUMNS else f"{r[c]:.4g}" for c in present))
+    return shown
+
+
+def _fmt(value: object, digits: int = 3) -> str:
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return "-"
+    return f"{value:.{digits}f}" if isinstance(value, float) else str(value)
+
+
+def interpretability_table(scores: pd.DataFrame, comparison: pd.DataFrame) -> Table:
+    """One row per (metric, encoder): n, mean ± std, Welch and Mann-Whitney p against the first encoder, s/latent."""
+    table = Table(title="interpretability by encoder (tests against the first encoder, two-sided)")
+    for col in ("metric", "encoder", "n", "mean", "std", "welch_p", "mannwhitney_p", "s/latent"):
+        table.add_column(col, justify="left" if col in ("metric", "encoder") else "right")
+    seconds = scores.groupby("encoder")["seconds"].mean() if "seconds" in scores else {}
+    for row in comparison.to_dict("records"):
+        table.add_row(row["metric"], row["encoder"], str(row["n"]), _fmt(row["mean"]), _fmt(row["std"]),
+                      _fmt(row.get("welch_p")), _fmt(row.get("mannwhitney_p")),
+                      _fmt(float(seconds.get(row["encoder"], float("nan"))), 1))  # fmt: skip
+    return table
+
+
+def print_study_tables(summary: pd.DataFrame, console: Console) -> None:
+    """Print one rich table per setting: "mean ± std" cells, FLOPs in engineering notation, best latent MCC first.
+    Sweep axes (`group_by` columns of `summarise`) get their own columns."""
+    group_by = group_columns(summary)
+    for setting, size, headers, rows in setting_tables(summary):
+        title = f"{setting} ({size})" if size else setting
+        table = Table(title=title, title_justify="left", header_style="bold", box=box.SIMPLE_HEAD, pad_edge=False)
+        for i, header in enumerate(headers):
+            # Two-line headers, and cells never cut: the usual table fits an 80-column terminal.
+            header = header.replace(" ", "\n", 1)
+            width = max(len(line) for line in [*header.splitlines(), *(row[i] for row in rows)])
+            justify = "left" if i < 1 + len(group_by) else "right"
+            table.add_column(header, justify=justify, min_width=width, no_wrap=True)
+        for row in rows:
+            table.add_row(*row)
+        console.print(table)

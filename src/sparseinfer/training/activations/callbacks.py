@@ -1,0 +1,129 @@
+"""The LM-specific parts of a training run, as `training.fit` hooks: loss (SAE or study, + AuxK), unit-sphere
+gradient projection, dead-latent tracking and resampling, per-row training metrics, checkpoints."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from torch import Tensor
+
+from sparseinfer.codes import Codes, as_dense
+from sparseinfer.dictionary import Dictionary
+from sparseinfer.encoders.base import Encoder
+from sparseinfer.errors import SparseInferError
+from sparseinfer.training.activations.config import LMTrainConfig, schedule
+from sparseinfer.training.activations.losses import AuxK, auxk_flops, batch_variance, normaliser_flops, study_loss
+from sparseinfer.training.activations.resample import resample
+from sparseinfer.training.distributed import DataParallel
+from sparseinfer.training.fit import FitState
+from sparseinfer.training.regimes import get_regime
+
+
+def project_radial(dictionary: Dictionary) -> None:
+    """Remove each atom's gradient component along the atom, so steps move along the unit sphere."""
+    g, a = dictionary.atoms.grad, dictionary.atoms
+    if g is not None:
+        g.sub_((g * a).sum(1, keepdim=True) * a)
+
+
+class Callbacks:
+    """The LM-specific parts of a run, as `fit` hooks: loss (SAE or study, + AuxK), dead-latent tracking and
+    resampling, per-row training metrics, checkpoints. Under data parallelism the dead-latent counts, resampling
+    and metrics use every rank's batch (so all ranks stay identical), and only rank 0 writes checkpoints."""
+
+    def __init__(
+        self, config: LMTrainConfig, encoder: Encoder, dictionary: Dictionary, optimiser: torch.optim.Optimizer,
+        checkpoint: Path, scale: float, group: DataParallel,
+    ) -> None:  # fmt: skip
+        self.config, self.encoder, self.dictionary, self.optimiser = config, encoder, dictionary, optimiser
+        self.checkpoint, self.scale, self.group = checkpoint, scale, group
+        self.since_fired = torch.zeros(dictionary.n_latents, dtype=torch.long)
+        self.auxk = None
+        if config.dead_latents == "auxk":
+            self.auxk = AuxK(encoder, config.auxk_k or max(1, dictionary.dim // 2), config.auxk_coef)
+        self._batch = 0
+
+    def dead(self) -> Tensor:
+        """Latents that have not fired for `dead_tokens` tokens."""
+        return self.since_fired >= self.config.dead_tokens
+
+    def loss(self, x: Tensor, codes: Codes, x_hat: Tensor, l1: float, penalty: Tensor | None) -> Tensor:
+        self._batch = x.shape[0]
+        x_hat = x_hat.float()
+        if self.config.loss == "study":
+            total = study_loss(x, codes, x_hat, l1, penalty)
+        else:
+            total = get_regime("learn_both").loss(x, codes, x_hat, l1, penalty=penalty)
+        if self.auxk is not None:
+            aux = self.auxk.loss(x, x_hat, self.dictionary, self.dead())
+            if aux is not None:
+                norm = batch_variance(x.detach()) if self.config.loss == "study" else 1.0
+                total = total + aux / norm
+        return total
+
+    def extra_flops(self) -> int:
+        dim, n = self.dictionary.dim, self.dictionary.n_latents
+        extra = normaliser_flops(self._batch, dim).total if self.config.loss == "study" else 0
+        if self.auxk is not None and self.auxk.last_k:
+            extra += auxk_flops(self._batch, dim, n, self.auxk.last_k).total + (1 if self.config.loss == "study" else 0)
+        return extra
+
+    def after_step(self, state: FitState, x: Tensor, codes: Codes, x_hat: Tensor | None) -> None:
+        cfg, group = self.config, self.group
+        dense = as_dense(codes).detach()
+        fired = group.max((dense != 0).any(0).to(torch.int32)).cpu() > 0
+        self.since_fired = torch.where(fired, 0, self.since_fired + x.shape[0] * group.world)
+        resampled = 0
+        if cfg.dead_latents == "resample" and state.step % cfg.resample_every == 0:
+            if state.step < cfg.steps * (1 - cfg.decay_fraction):
+                gen = torch.Generator().manual_seed(cfg.seed * 1_000_003 + state.step)
+                everyone = group.gather(x)  # the same inputs and generator on every rank: the same new atoms
+                resampled = resample(self.encoder, self.dictionary, self.optimiser, everyone, self.dead(), gen)
+                self.since_fired[self.dead()] = 0
+        row = state.history[-1] if state.history else None
+        if row is not None and row["step"] == state.step and x_hat is not None:
+            xs, xh = group.gather(x), group.gather(x_hat.detach().float())
+            l0 = group.gather((dense != 0).float().sum(1))
+            mse = (xs - xh).pow(2).sum(1).mean()
+            row.update(
+                tokens=state.step * xs.shape[0],
+                fvu=float(mse / (xs - xs.mean(0)).pow(2).sum(1).mean()),
+                l0=float(l0.mean()),
+                dead_fraction=float(self.dead().float().mean()),
+                resampled=resampled,
+                lr=cfg.lr * schedule(cfg, state.step)[0],
+            )
+        if state.step % cfg.checkpoint_every == 0 and state.step < cfg.steps and group.is_main:
+            self.save(state)
+
+    def save(self, state: FitState) -> None:
+        """Write the checkpoint atomically: weights, optimiser, step, FLOPs and history (all totals over ranks)."""
+        blob = {
+            "encoder": self.encoder.state_dict(),
+            "dictionary": self.dictionary.state_dict(),
+            "optimiser": self.optimiser.state_dict(),
+            "step": state.step,
+            "flops": state.flops,
+            "history": state.history,
+            "since_fired": self.since_fired,
+            "scale": self.scale,
+        }
+        tmp = self.checkpoint.with_suffix(".tmp")
+        torch.save(blob, tmp)
+        tmp.replace(self.checkpoint)
+
+    def load(self) -> FitState:
+        try:  # the restricted unpickler: tensors, numbers, lists and dicts only, never arbitrary objects
+            blob = torch.load(self.checkpoint, map_location="cpu", weights_only=True)
+        except Exception as err:
+            raise SparseInferError(f"cannot resume from {self.checkpoint}: {str(err).splitlines()[0]}") from None
+        self.encoder.load_state_dict(blob["encoder"])
+        self.dictionary.load_state_dict(blob["dictionary"])
+        self.optimiser.load_state_dict(blob["optimiser"])
+        self.since_fired, self.scale = blob["since_fired"], float(blob["scale"])
+        return FitState(blob["step"], blob["flops"], blob["history"])
+
+    def close(self) -> None:
+        if self.auxk is not None:
+            self.auxk.close()
