@@ -164,5 +164,20 @@ def create(name: str, dim: int | None = None, n_latents: int | None = None, **hp
         raise SparseInferError(f"encoder {name!r}: {err}") from None
 
 
+def encoder_config(encoder: Encoder) -> dict[str, Any]:
+    """The encoder's hyperparameters (constructor arguments but dim and n_latents) as JSON values: what a file
+    stores so that `create(encoder.name, dim=..., n_latents=..., **config)` rebuilds the same encoder."""
+    out: dict[str, Any] = {}
+    for name in hyperparameters(encoder.name):
+        if name in ("dim", "n_latents"):
+            continue
+        for attr in (name, f"has_{name}"):
+            value = getattr(encoder, attr, None)
+            if value is not None and not isinstance(value, torch.Tensor | torch.nn.Module):
+                out[name] = value
+                break
+    return out
+
+
 def _load_builtin() -> None:
     import sparseinfer.encoders  # noqa: F401  (importing the package registers the built-in encoders)

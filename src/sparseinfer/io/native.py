@@ -9,12 +9,11 @@ import json
 from pathlib import Path
 from typing import Any
 
-import torch
 from safetensors.torch import save_file
 
 import sparseinfer
 from sparseinfer.dictionary import CONFIG_FILE, Dictionary
-from sparseinfer.encoders.base import Encoder, create, hyperparameters
+from sparseinfer.encoders.base import Encoder, create, encoder_config
 from sparseinfer.errors import SparseInferError
 from sparseinfer.io._common import LoadedSAE, dtype_name, parse_dtype, read_json, read_tensors
 
@@ -31,25 +30,11 @@ def is_native(folder: Path) -> bool:
         return False
 
 
-def encoder_hparams(encoder: Encoder) -> dict[str, Any]:
-    """The encoder's constructor arguments read back from its attributes (`has_<name>` for flags such as bias)."""
-    out: dict[str, Any] = {}
-    for name in hyperparameters(encoder.name):
-        if name in ("dim", "n_latents"):
-            continue
-        for attr in (name, f"has_{name}"):
-            value = getattr(encoder, attr, None)
-            if value is not None and not isinstance(value, torch.Tensor | torch.nn.Module):
-                out[name] = value
-                break
-    return out
-
-
 def save_native(
     encoder: Encoder, dictionary: Dictionary, folder: str | Path, hparams: dict[str, Any] | None = None
 ) -> Path:
     """Write the pair into `folder`; `hparams` overrides the constructor arguments read from the encoder."""
-    params = {**encoder_hparams(encoder), **(hparams or {})}
+    params = {**encoder_config(encoder), **(hparams or {})}
     try:
         json.dumps(params)
     except TypeError as err:
