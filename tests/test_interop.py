@@ -1,6 +1,8 @@
 """SAE files both ways against the real libraries: SAELens (`SAE.load_from_disk`, `save_model`) and EleutherAI
 sparsify (`SparseCoder.load_from_disk`, `save_to_disk`). Each test builds an SAE with random weights, non-unit
-decoder norms and non-zero biases, and compares codes and reconstructions on the same inputs."""
+decoder norms and non-zero biases, and compares codes and reconstructions on the same inputs; exports of ours are
+also checked with a non-unit input scale (folded into the exported weights). Round trips of trained runs are in
+test_sae_format."""
 
 from __future__ import annotations
 
@@ -81,29 +83,36 @@ def test_saelens_to_ours_same_outputs(tmp_path, arch: str, apply_b_dec: bool, re
     with torch.no_grad():
         theirs_codes, theirs_recon = sae.encode(x), sae.decode(sae.encode(x))
     assert (theirs_codes != 0).float().sum(1).mean() > 1  # a non-trivial test: codes are active
-    ours_recon = loaded.reconstruct(x)
-    torch.testing.assert_close(ours_recon, theirs_recon, **TOL)
-    # codes match after the fold: our codes are theirs times the decoder norms (unit atoms)
+    # by default codes equal SAELens' own (no folding), and so do reconstructions
+    assert not loaded.folded
+    torch.testing.assert_close(loaded.encode(x), theirs_codes, **TOL)
+    torch.testing.assert_close(loaded.reconstruct(x), theirs_recon, **TOL)
+    # fold=True: unit-norm atoms, codes times the decoder norms, the same reconstructions (TopK is never folded)
+    folded = load_sae(tmp_path, fold=True)
+    torch.testing.assert_close(folded.reconstruct(x), theirs_recon, **TOL)
     norms = sae.W_dec.detach().norm(dim=1)
-    scale = norms if loaded.folded and not torch.allclose(norms, torch.ones_like(norms)) else torch.ones_like(norms)
-    if arch == "topk" and rescale:
-        scale = torch.ones_like(norms)  # SAELens' own codes are already on the unit-norm scale
-    torch.testing.assert_close(loaded.encode(x), theirs_codes * scale, **TOL)
-    assert torch.allclose(loaded.dictionary.atoms.norm(dim=1), torch.ones(D_SAE), atol=1e-5) == loaded.folded
+    assert folded.folded == (arch != "topk")
+    if arch != "topk":
+        torch.testing.assert_close(folded.encode(x), theirs_codes * norms, **TOL)
+        torch.testing.assert_close(folded.dictionary.atoms.norm(dim=1), torch.ones(D_SAE), **TOL)
+    else:
+        torch.testing.assert_close(folded.encode(x), theirs_codes, **TOL)
 
 
 def test_topk_with_non_unit_norms_keeps_atoms(tmp_path) -> None:
-    """TopK selection is not invariant to per-latent scaling, so such SAEs load unfolded, outputs exact."""
+    """TopK selection is not invariant to per-latent scaling, so such SAEs never fold, outputs exact."""
     sae = _saelens_sae("topk")
     sae.save_model(tmp_path)
-    loaded = load_saelens(tmp_path)
+    loaded = load_saelens(tmp_path, fold=True)
     assert not loaded.folded
     torch.testing.assert_close(loaded.dictionary.atoms, sae.W_dec.detach())
 
 
 @pytest.mark.parametrize(("name", "params"), [("relu", {}), ("topk", {"k": K}), ("jumprelu", {"threshold_init": 0.2})])
 @pytest.mark.parametrize("subtract_bias", [True, False])
-def test_ours_to_saelens_same_outputs(tmp_path, name: str, params: dict, subtract_bias: bool) -> None:
+@pytest.mark.parametrize("scale", [1.0, 0.37])
+def test_ours_to_saelens_same_outputs(tmp_path, name: str, params: dict, subtract_bias: bool, scale: float) -> None:
+    """SAELens, given raw inputs, gives our codes of scale * x and our reconstructions divided by the scale."""
     from sae_lens import SAE
 
     torch.manual_seed(1)
@@ -113,16 +122,19 @@ def test_ours_to_saelens_same_outputs(tmp_path, name: str, params: dict, subtrac
     encoder = create(name, dim=D_IN, n_latents=D_SAE, subtract_bias=subtract_bias, **params).eval()
     with torch.no_grad():
         encoder.linear.bias.normal_(0.0, 0.3)
-    save_saelens(encoder, dictionary, tmp_path, metadata={"hook_name": "blocks.0.hook_resid_post"})
+    save_saelens(encoder, dictionary, tmp_path, metadata={"hook_name": "resid_post.0"}, input_scale=scale)
     sae = SAE.load_from_disk(tmp_path)
     assert sae.cfg.metadata.hook_name == "blocks.0.hook_resid_post"
     x = _inputs(2)
     with torch.no_grad():
-        ours = encoder(x, dictionary)
+        ours = encoder(x * scale, dictionary)
         ours = ours if isinstance(ours, torch.Tensor) else ours.to_dense()
         torch.testing.assert_close(sae.encode(x), ours, **TOL)
-        torch.testing.assert_close(sae(x), dictionary.decode(ours), **TOL)
+        torch.testing.assert_close(sae(x), dictionary.decode(ours) / scale, **TOL)
     assert (ours != 0).float().sum(1).mean() > 1
+    back = load_sae(tmp_path)
+    torch.testing.assert_close(back.encode(x), ours, **TOL)
+    torch.testing.assert_close(back.reconstruct(x), dictionary.decode(ours) / scale, **TOL)
 
 
 def test_sparsify_to_ours_same_outputs(tmp_path) -> None:
@@ -133,7 +145,8 @@ def test_sparsify_to_ours_same_outputs(tmp_path) -> None:
     with torch.no_grad():
         out = sae.encode(x)
         theirs_recon = sae.decode(out.top_acts, out.top_indices)
-    assert loaded.source == "sparsify" and not loaded.folded  # TopK with non-unit decoder rows
+    assert loaded.source == "sparsify" and not loaded.folded
+    assert loaded.hook_name == "resid_post.3"  # the hookpoint folder, read as our alias
     torch.testing.assert_close(loaded.encode(x), _sparsify_codes(sae, x), **TOL)
     torch.testing.assert_close(loaded.reconstruct(x), theirs_recon, **TOL)
 
@@ -142,29 +155,34 @@ def test_sparsify_unit_norm_decoder_is_folded(tmp_path) -> None:
     sae = _sparsify_sae(4)
     sae.set_decoder_norm_to_unit_norm()
     sae.save_to_disk(tmp_path)
-    loaded = load_sparsify(tmp_path)
-    assert loaded.folded
+    loaded = load_sparsify(tmp_path, fold=True)
+    assert not loaded.folded  # unit norms: nothing to fold
     x = _inputs(4)
     with torch.no_grad():
         out = sae.encode(x)
         torch.testing.assert_close(loaded.reconstruct(x), sae.decode(out.top_acts, out.top_indices), **TOL)
 
 
-def test_ours_to_sparsify_same_outputs(tmp_path) -> None:
+@pytest.mark.parametrize("scale", [1.0, 2.7])
+def test_ours_to_sparsify_same_outputs(tmp_path, scale: float) -> None:
     from sparsify import SparseCoder
 
     dictionary = Dictionary.random(D_SAE, D_IN, seed=5, bias=True)
     with torch.no_grad():
         dictionary.bias.normal_()
     encoder = create("topk", dim=D_IN, n_latents=D_SAE, k=K).eval()
-    save_sparsify(encoder, dictionary, tmp_path)
+    save_sparsify(encoder, dictionary, tmp_path, input_scale=scale)
     sae = SparseCoder.load_from_disk(tmp_path)
     x = _inputs(5)
     with torch.no_grad():
-        ours = encoder(x, dictionary)
+        ours = encoder(x * scale, dictionary)
         torch.testing.assert_close(_sparsify_codes(sae, x), ours, **TOL)
         out = sae.encode(x)
-        torch.testing.assert_close(sae.decode(out.top_acts, out.top_indices), dictionary.decode(ours), **TOL)
+        recon = dictionary.decode(ours) / scale
+        torch.testing.assert_close(sae.decode(out.top_acts, out.top_indices), recon, **TOL)
+    back = load_sparsify(tmp_path)
+    torch.testing.assert_close(back.encode(x), ours, **TOL)
+    torch.testing.assert_close(back.reconstruct(x), recon, **TOL)
 
 
 @pytest.mark.parametrize(

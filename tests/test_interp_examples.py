@@ -113,7 +113,7 @@ def test_cache_resumes_and_refuses_another_encoder(setup):
     assert (cache / "codes-00000.safetensors").stat().st_mtime_ns == stamp  # not recomputed
     with pytest.raises(SparseInferError, match="another store or encoder"):
         cache_activations(root / "store", topk, root / "c")
-    with pytest.raises(SparseInferError, match="neither"):
+    with pytest.raises(SparseInferError, match="no known SAE layout"):
         cache_activations(root / "store", root / "docs", root / "c2")
 
 

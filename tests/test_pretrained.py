@@ -214,3 +214,29 @@ def test_cli_infer_with_sae(sae_folder, tmp_path) -> None:
     assert "support-refit" in result.output and "FVU" in result.output
     bad = CliRunner().invoke(app, [*args, "--encoder", "relu"])
     assert isinstance(bad.exception, SparseInferError)
+
+
+def test_infer_model_uses_the_saes_own_hook(tiny_lm, tmp_path) -> None:
+    """`infer --sae --model` without --hook takes the SAE's hook_name (a SAELens name here), which equals giving our
+    alias; unexpressible SAELens hooks are refused. A native SAE with an input scale splices decode(enc(s x)) / s."""
+    from sparseinfer.io import save_sae
+
+    sae = load_sae(tiny_lm / "sae")
+    common = dict(model=str(tiny_lm / "model"), text=str(tiny_lm / "docs.jsonl"), contexts=2, context_length=12)
+    save_saelens(sae, tmp_path / "hooked", metadata={"hook_name": "blocks.1.hook_resid_pre"})
+    own, _ = run_refine(tmp_path / "hooked", None, "support-refit", **common)
+    alias, _ = run_refine(tiny_lm / "sae", None, "support-refit", hook="resid_pre.1", **common)
+    named, _ = run_refine(tiny_lm / "sae", None, "support-refit", hook="blocks.1.hook_resid_pre", **common)
+    assert [asdict(r) for r in own] == [asdict(r) for r in alias] == [asdict(r) for r in named]
+    with pytest.raises(SparseInferError, match="has no hook point here"):
+        run_refine(tiny_lm / "sae", None, "support-refit", hook="blocks.1.attn.hook_z", **common)
+    scaled = save_sae(sae.encoder, sae.dictionary, tmp_path / "scaled", input_scale=3.0,
+                      provenance={"hook_name": "model.layers.1:input"})  # fmt: skip
+    rows, _ = run_refine(scaled, None, "support-refit", **common)
+    loaded = load_sae(scaled)
+    from sparseinfer.evaluation.downstream import LMContext
+
+    ctx = LMContext.load(common["model"], "resid_pre.1", common["text"], 2, 12, dim=16)
+    x = ctx.activations()
+    assert rows[0].fvu == pytest.approx(float(((x - loaded.reconstruct(x)) ** 2).sum() / ((x - x.mean(0)) ** 2).sum()))
+    assert rows[0].fvu != pytest.approx(alias[0].fvu)  # the scale changed what the SAE sees

@@ -13,7 +13,6 @@ from typing import Any
 
 import pandas as pd
 import torch
-from safetensors.torch import save_file
 
 import sparseinfer
 from sparseinfer.codes import as_dense
@@ -24,6 +23,7 @@ from sparseinfer.encoders.base import Encoder
 from sparseinfer.experiments.config import ITOConfig, RunConfig, parse_run
 from sparseinfer.experiments.files import write_parquet, write_yaml
 from sparseinfer.flops import optimisation
+from sparseinfer.io import save_sae
 from sparseinfer.metrics import dictionary_mcc, latent_mcc
 from sparseinfer.training import Regime, TrainConfig, code_table_for, evaluate_synthetic, fit, get_regime, score_codes
 
@@ -157,11 +157,11 @@ def _sklearn_dictionary_learning(config: RunConfig, data: SyntheticData, regime:
     ]
 
 
-def _save_weights(run_dir: Path, encoder: Encoder | None, dictionary: Dictionary) -> None:
-    dictionary.save(run_dir)
-    if encoder is not None and any(True for _ in encoder.parameters()):
-        state = {k: v.detach().contiguous().cpu() for k, v in encoder.state_dict().items()}
-        save_file(state, str(run_dir / "encoder.safetensors"))
+def _save_weights(run_dir: Path, encoder: Encoder | None, dictionary: Dictionary, config: RunConfig) -> None:
+    """The run's pair in the one SAE format (`io.save_sae`); the provenance names the synthetic problem."""
+    provenance = {"dataset_path": "synthetic", "synthetic": config.data.model_dump(mode="json")}
+    provenance |= {"setting": config.setting, "method": config.method, "seed": config.seed}
+    save_sae(encoder, dictionary, run_dir, provenance=provenance)
 
 
 def execute(raw: dict[str, Any], run_dir: Path) -> dict[str, Any]:
@@ -193,7 +193,7 @@ def execute(raw: dict[str, Any], run_dir: Path) -> dict[str, Any]:
     history["total_flops"] = history["train_flops"] + history["inference_flops"]
     write_parquet(run_dir / "history.parquet", history)
     if config.save_weights:
-        _save_weights(run_dir, encoder if config.kind == "encoder" else None, dictionary)
+        _save_weights(run_dir, encoder if config.kind == "encoder" else None, dictionary, config)
     final = history.iloc[-1]
     best = history["latent_mcc"].max()
     return {

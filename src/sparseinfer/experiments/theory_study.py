@@ -20,7 +20,6 @@ from typing import Any
 import numpy as np
 import pandas as pd
 import torch
-from safetensors.torch import load_file
 
 from sparseinfer.data.synthetic import make_synthetic
 from sparseinfer.errors import SparseInferError
@@ -29,6 +28,7 @@ from sparseinfer.experiments.execute import execute
 from sparseinfer.experiments.files import RUNS_DIR, read_parquet, write_json, write_parquet
 from sparseinfer.experiments.runner import RunSpec, run_sweep
 from sparseinfer.experiments.scaling import FISTA
+from sparseinfer.io import load_sae
 from sparseinfer.metrics import fvu, latent_mcc
 from sparseinfer.theory.boundary import recovery_boundary
 from sparseinfer.theory.phase_transition import (
@@ -192,8 +192,8 @@ def rank_table(preset: TheoryPreset, sweep_dir: Path, best_runs: dict[int, str])
         atoms = make_synthetic(n_latents=preset.n_latents, dim=dim, k=preset.k, dtype="float64").dictionary.atoms
         starts, trained = {}, math.nan
         if dim in best_runs:
-            weights = load_file(str(Path(sweep_dir) / RUNS_DIR / best_runs[dim] / "encoder.safetensors"))
-            starts["trained SAE"] = weights["linear.weight"].double()
+            encoder = load_sae(Path(sweep_dir) / RUNS_DIR / best_runs[dim]).encoder
+            starts["trained SAE"] = encoder.linear.weight.detach().double()
             trained = sparse_max_error(starts["trained SAE"], atoms, torch.cat([ones, twos]))
         plain = rank_check(atoms, starts, steps=preset.rank_steps)
         biased = rank_check(atoms, starts, steps=preset.rank_steps, bias=True)

@@ -25,6 +25,7 @@ from sparseinfer.data.store import ActivationStore
 from sparseinfer.dictionary import Dictionary
 from sparseinfer.encoders.base import Encoder
 from sparseinfer.errors import SparseInferError
+from sparseinfer.io import load_sae
 
 META = "cache.json"
 
@@ -79,19 +80,10 @@ class LatentExamples:
 
 # ---- encoding the store ------------------------------------------------------------------------------------------
 def load_encoder(folder: str | Path) -> tuple[Encoder, Dictionary, float]:
-    """(encoder, dictionary, input scale) from a `sparseinfer train` run folder or a native encoder folder."""
-    folder = Path(folder)
-    if (folder / "run.json").exists():
-        from sparseinfer.training.activations import load_run
-
-        encoder, dictionary, info = load_run(folder)
-        return encoder, dictionary, float(info.get("scale", 1.0))
-    from sparseinfer.io.native import is_native, load_native
-
-    if is_native(folder):
-        sae = load_native(folder)
-        return sae.encoder, sae.dictionary, 1.0
-    raise SparseInferError(f"{folder} is neither a `sparseinfer train` run nor a native encoder folder")
+    """(encoder, dictionary, input scale) of any SAE folder `io.load_sae` reads (a `sparseinfer train` run, a
+    sweep run, our format, SAELens, sparsify): the pair encodes `scale * x` for raw activations `x`."""
+    sae = load_sae(folder)
+    return sae.encoder, sae.dictionary, sae.input_scale
 
 
 def _identity(store: ActivationStore, encoder_folder: Path) -> dict[str, Any]:

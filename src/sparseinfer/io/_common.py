@@ -1,16 +1,17 @@
 """What the SAE file formats share: the loaded pair, building our encoders from raw weights, decoder-norm folding.
 
 Every format stores an affine encoder (rows `weight` (n_latents, dim), `bias`), an activation (ReLU, TopK or
-JumpReLU with per-latent thresholds), a decoder `W_dec` (n_latents, dim) and a decoder bias `b_dec`. Our
-`Dictionary` wants unit-norm atoms, so a decoder row of norm n is divided by n and latent i's pre-activation is
-multiplied by n (weight row, bias, threshold): ReLU and JumpReLU are positively homogeneous, so every output is
-unchanged. TopK is not (rescaling latents changes which k win), so a TopK SAE whose selection ignores the norms
-keeps its atoms as they are.
+JumpReLU with per-latent thresholds), a decoder `W_dec` (n_latents, dim) and a decoder bias `b_dec`. By default the
+atoms are kept as stored, so codes equal the source library's. With `fold=True` a decoder row of norm n is divided
+by n and latent i's pre-activation multiplied by n (weight row, bias, threshold), giving unit-norm atoms: ReLU and
+JumpReLU are positively homogeneous, so reconstructions are unchanged while codes are multiplied by the norms. TopK
+is not (rescaling latents changes which k win), so a TopK SAE whose selection ignores the norms is never folded.
 """
 
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -33,24 +34,66 @@ NORM_TOLERANCE = 1e-5  # relative deviation from unit norm treated as unit (floa
 
 @dataclass
 class LoadedSAE:
-    """An SAE read from disk: our encoder and dictionary (outputs equal the source's), plus where it came from."""
+    """An SAE read from disk: our encoder and dictionary, the input scale and where it came from.
+
+    The pair works on SCALED activations (`input_scale * x`, as our LM runs train); `encode` and `reconstruct` take
+    RAW activations and apply the scale, so their outputs equal the source library's on the same inputs. `folded`
+    says whether decoder norms were folded into the codes (only with `load_sae(..., fold=True)`). `provenance`
+    holds SAELens-style metadata: model_name, hook_name, dataset_path, versions.
+    """
 
     encoder: Encoder
     dictionary: Dictionary
     source: str
-    folded: bool = True
-    metadata: dict[str, Any] = field(default_factory=dict)
+    folded: bool = False
+    provenance: dict[str, Any] = field(default_factory=dict)
+    input_scale: float = 1.0
 
-    def encode(self, x: Tensor) -> Tensor:
-        """Dense codes of signals `x` with the SAE's own encoder."""
+    @property
+    def hook_name(self) -> str | None:
+        """The hook point the SAE was trained on, if its files say (ours or a SAELens name)."""
+        hook = self.provenance.get("hook_name")
+        return str(hook) if hook else None
+
+    def scale(self, x: Tensor) -> Tensor:
+        """Raw signals on the pair's scale: `input_scale * x` in the dictionary's dtype."""
+        return x.to(self.dictionary.atoms.dtype) * self.input_scale
+
+    def codes(self, scaled: Tensor) -> Tensor:
+        """Dense codes of signals already on the pair's scale (what the encoder sees)."""
         with torch.no_grad():
-            codes = self.encoder(x.to(self.dictionary.atoms.dtype), self.dictionary)
+            codes = self.encoder(scaled, self.dictionary)
         return codes.to_dense() if hasattr(codes, "to_dense") else codes
 
-    def reconstruct(self, x: Tensor) -> Tensor:
-        """x_hat = decode(encode(x))."""
+    def encode(self, x: Tensor) -> Tensor:
+        """Dense codes of RAW signals `x` (scaled by `input_scale` before the encoder)."""
+        return self.codes(self.scale(x))
+
+    def decode(self, codes: Tensor) -> Tensor:
+        """Raw-scale reconstruction of `codes`: decode(codes) / input_scale."""
         with torch.no_grad():
-            return self.dictionary.decode(self.encode(x))
+            return self.dictionary.decode(codes) / self.input_scale
+
+    def reconstruct(self, x: Tensor) -> Tensor:
+        """x_hat = decode(encode(x)), both on the raw scale."""
+        return self.decode(self.encode(x))
+
+    def to(self, device: str | torch.device) -> LoadedSAE:
+        """Move the encoder and dictionary to `device` (in place); returns self."""
+        self.encoder.to(device)
+        self.dictionary.to(device)
+        return self
+
+
+def check_scale(scale: Any, where: str) -> float:
+    """A finite positive input scale, or a one-line error."""
+    try:
+        value = float(scale)
+    except (TypeError, ValueError):
+        raise SparseInferError(f"{where}: input scale must be a number, got {scale!r}") from None
+    if not math.isfinite(value) or value <= 0:
+        raise SparseInferError(f"{where}: input scale must be finite and positive, got {value}")
+    return value
 
 
 @dataclass
@@ -110,7 +153,7 @@ def check_shapes(raw: RawSAE, where: str) -> None:
             raise SparseInferError(f"{where}: {name} has shape {tuple(tensor.shape)}, expected {shape}")
 
 
-def to_pair(raw: RawSAE, fold: bool = True) -> tuple[Encoder, Dictionary, bool]:
+def to_pair(raw: RawSAE, fold: bool = False) -> tuple[Encoder, Dictionary, bool]:
     """Our (encoder, dictionary) with the same outputs as `raw`; returns whether decoder norms were folded.
 
     `fold=False` keeps the atoms as stored (no folding), which is also what TopK needs when norms are not 1.
@@ -137,11 +180,16 @@ def to_pair(raw: RawSAE, fold: bool = True) -> tuple[Encoder, Dictionary, bool]:
             assert raw.threshold is not None
             tiny = torch.finfo(raw.threshold.dtype).tiny
             encoder.log_threshold.copy_((raw.threshold * scale).clamp_min(tiny).log())
-    return encoder.eval(), dictionary, fold or unit
+    return encoder.eval(), dictionary, fold
 
 
-def from_pair(encoder: Encoder, dictionary: Dictionary) -> RawSAE:
-    """The raw weights of one of our SAE encoders (relu, topk, jumprelu) with its dictionary."""
+def from_pair(encoder: Encoder, dictionary: Dictionary, input_scale: float = 1.0) -> RawSAE:
+    """The raw weights of one of our SAE encoders (relu, topk, jumprelu) with its dictionary, taking RAW inputs.
+
+    The input scale s is folded in: act(W (s x - b_dec) + b) = act((s W)(x - b_dec / s) + b) and the raw
+    reconstruction is (c W_dec + b_dec) / s, so W -> s W, W_dec -> W_dec / s, b_dec -> b_dec / s; the encoder bias
+    and JumpReLU thresholds are unchanged, and TopK's selection is unchanged (every pre-activation is the same)."""
+    s = check_scale(input_scale, "export")
     if encoder.name not in ACTIVATIONS or not isinstance(encoder, ReLUEncoder):
         raise SparseInferError(
             f"only SAE encoders {list(ACTIVATIONS)} can be written in an SAE format, got {encoder.name!r}"
@@ -157,14 +205,29 @@ def from_pair(encoder: Encoder, dictionary: Dictionary) -> RawSAE:
     b_dec = dictionary.bias
     return RawSAE(
         activation=encoder.name,
-        weight=weight.contiguous(),
+        weight=(weight * s).contiguous(),
         bias=weight.new_zeros(weight.shape[0]) if bias is None else bias.detach().to(dtype).contiguous(),
-        W_dec=dictionary.atoms.detach().contiguous(),
-        b_dec=weight.new_zeros(weight.shape[1]) if b_dec is None else b_dec.detach().contiguous(),
+        W_dec=(dictionary.atoms.detach() / s).contiguous(),
+        b_dec=weight.new_zeros(weight.shape[1]) if b_dec is None else (b_dec.detach() / s).contiguous(),
         subtract_bias=encoder.subtract_bias,
         k=encoder.k if isinstance(encoder, TopKEncoder) else None,
         threshold=encoder.threshold.detach().to(dtype).contiguous() if isinstance(encoder, JumpReLUEncoder) else None,
     )
+
+
+def export_args(
+    sae: LoadedSAE | Encoder, second: Dictionary | str | Path, third: str | Path | None, input_scale: float | None
+) -> tuple[Encoder, Dictionary, Path, float, dict[str, Any]]:
+    """The arguments of an export, `save_x(sae, folder)` or `save_x(encoder, dictionary, folder)`: (encoder,
+    dictionary, folder, input scale, provenance); a LoadedSAE brings its own scale and provenance."""
+    if isinstance(sae, LoadedSAE):
+        if third is not None or isinstance(second, Dictionary):
+            raise SparseInferError("export a loaded SAE as save_x(sae, folder), without a dictionary")
+        scale = sae.input_scale if input_scale is None else input_scale
+        return sae.encoder, sae.dictionary, Path(second), scale, dict(sae.provenance)
+    if not isinstance(second, Dictionary) or third is None:
+        raise SparseInferError("export an encoder as save_x(encoder, dictionary, folder)")
+    return sae, second, Path(third), 1.0 if input_scale is None else input_scale, {}
 
 
 def dtype_name(dtype: torch.dtype) -> str:

@@ -22,12 +22,14 @@ from sparseinfer.io._common import (
     RawSAE,
     check_shapes,
     dtype_name,
+    export_args,
     from_pair,
     parse_dtype,
     read_json,
     read_tensors,
     to_pair,
 )
+from sparseinfer.lm.hooks import to_saelens_hook
 
 CONFIG_FILE = "cfg.json"
 WEIGHTS_FILE = "sae_weights.safetensors"
@@ -40,8 +42,9 @@ def is_saelens(folder: Path) -> bool:
     return (Path(folder) / WEIGHTS_FILE).exists()
 
 
-def load_saelens(folder: str | Path, fold: bool = True) -> LoadedSAE:
-    """Read an SAELens v6 SAE folder as our encoder + dictionary, with the same codes and reconstructions."""
+def load_saelens(folder: str | Path, fold: bool = False) -> LoadedSAE:
+    """Read an SAELens v6 SAE folder as our encoder + dictionary, with the same codes and reconstructions
+    (`fold=True`: unit-norm atoms, codes multiplied by the decoder norms, see `_common`)."""
     folder = Path(folder)
     cfg = read_json(folder / CONFIG_FILE)
     where = str(folder)
@@ -84,6 +87,19 @@ def load_saelens(folder: str | Path, fold: bool = True) -> LoadedSAE:
     return LoadedSAE(encoder, dictionary, "saelens", folded, dict(cfg.get("metadata") or {}))
 
 
+def saelens_metadata(provenance: dict[str, Any], metadata: dict[str, Any] | None) -> dict[str, Any]:
+    """The config's metadata block: our provenance with SAELens key names, `metadata` on top, hook names in
+    TransformerLens form where ours has one (the original kept as `sparseinfer_hook`), and the fields SAEBench's
+    loader reads (model_name, hook_name, hook_head_index, context_size, prepend_bos, dataset_path)."""
+    meta: dict[str, Any] = {"hook_head_index": None, **provenance, **(metadata or {})}
+    hook = meta.get("hook_name")
+    if hook:
+        translated = to_saelens_hook(str(hook))
+        if translated and translated != hook:
+            meta |= {"hook_name": translated, "sparseinfer_hook": hook}
+    return {"sae_lens_version": FORMAT_VERSION, "written_by": "sparseinfer", **meta}
+
+
 def _k(cfg: dict[str, Any], where: str) -> int:
     k = cfg.get("k")
     if not isinstance(k, int) or k < 1 or k > int(cfg.get("d_sae", k)):
@@ -107,30 +123,39 @@ def _fold_topk_rescale(raw: RawSAE) -> RawSAE:
 
 
 def save_saelens(
-    encoder: Encoder, dictionary: Dictionary, folder: str | Path, metadata: dict[str, Any] | None = None
+    sae: LoadedSAE | Encoder,
+    dictionary: Dictionary | str | Path,
+    folder: str | Path | None = None,
+    metadata: dict[str, Any] | None = None,
+    *,
+    input_scale: float | None = None,
 ) -> Path:
-    """Write `encoder` (relu, topk or jumprelu) and `dictionary` as an SAELens v6 folder that `SAE.load_from_disk`
-    reads. `metadata` (e.g. model_name, hook_name) goes into the config's metadata block."""
-    raw = from_pair(encoder, dictionary)
+    """Write an SAE (relu, topk or jumprelu) as an SAELens v6 folder that `SAE.load_from_disk` reads:
+    `save_saelens(load_sae(run), folder)` or `save_saelens(encoder, dictionary, folder)`.
+
+    The SAELens SAE takes RAW activations: the input scale (the loaded SAE's, or `input_scale`) is folded into the
+    weights (see `from_pair`). `metadata` (model_name, hook_name, ...) goes over the SAE's own provenance into the
+    config's metadata block, hook names translated to TransformerLens form."""
+    encoder, dico, out, scale, provenance = export_args(sae, dictionary, folder, input_scale)
+    raw = from_pair(encoder, dico, scale)
     arch = {v: k for k, v in ARCHITECTURES.items()}[raw.activation]
-    folder = Path(folder)
-    folder.mkdir(parents=True, exist_ok=True)
+    out.mkdir(parents=True, exist_ok=True)
     tensors = {"W_enc": raw.weight.T.contiguous(), "b_enc": raw.bias, "W_dec": raw.W_dec, "b_dec": raw.b_dec}
     if raw.threshold is not None:
         tensors["threshold"] = raw.threshold
-    save_file({k: v.cpu() for k, v in tensors.items()}, str(folder / WEIGHTS_FILE))
+    save_file({k: v.cpu() for k, v in tensors.items()}, str(out / WEIGHTS_FILE))
     cfg: dict[str, Any] = {
         "architecture": arch,
-        "d_in": dictionary.dim,
-        "d_sae": dictionary.n_latents,
-        "dtype": dtype_name(dictionary.atoms.dtype),
+        "d_in": dico.dim,
+        "d_sae": dico.n_latents,
+        "dtype": dtype_name(dico.atoms.dtype),
         "device": "cpu",
         "apply_b_dec_to_input": raw.subtract_bias,
         "normalize_activations": "none",
         "reshape_activations": "none",
-        "metadata": {"sae_lens_version": FORMAT_VERSION, "written_by": "sparseinfer", **(metadata or {})},
+        "metadata": saelens_metadata(provenance, metadata),
     }
     if raw.k is not None:
         cfg |= {"k": raw.k, "rescale_acts_by_decoder_norm": False}
-    (folder / CONFIG_FILE).write_text(json.dumps(cfg, indent=2))
-    return folder
+    (out / CONFIG_FILE).write_text(json.dumps(cfg, indent=2))
+    return out

@@ -2,7 +2,9 @@
 
 Weights: `encoder.weight` (num_latents, d_in), `encoder.bias`, `W_dec` (num_latents, d_in), `b_dec` (d_in).
 The encoder subtracts `b_dec` from the input, applies ReLU, then keeps the top `k` (config `activation="topk"`).
-Supported: plain TopK autoencoders; `groupmax`, skip connections and transcoders are refused.
+Supported: plain TopK autoencoders; `groupmax`, skip connections and transcoders are refused. The hookpoint is the
+folder's name (`layers.3` = the output of block 3 of the base model); it is read as our hook alias (`resid_post.3`)
+and written from the SAE's own hook where sparsify can name it (a module output).
 """
 
 from __future__ import annotations
@@ -16,7 +18,17 @@ from safetensors.torch import save_file
 from sparseinfer.dictionary import Dictionary
 from sparseinfer.encoders.base import Encoder
 from sparseinfer.errors import SparseInferError
-from sparseinfer.io._common import LoadedSAE, RawSAE, check_shapes, from_pair, read_json, read_tensors, to_pair
+from sparseinfer.io._common import (
+    LoadedSAE,
+    RawSAE,
+    check_shapes,
+    export_args,
+    from_pair,
+    read_json,
+    read_tensors,
+    to_pair,
+)
+from sparseinfer.lm.hooks import from_saelens_hook, to_saelens_hook
 
 CONFIG_FILE = "cfg.json"
 WEIGHTS_FILE = "sae.safetensors"
@@ -27,7 +39,24 @@ def is_sparsify(folder: Path) -> bool:
     return (Path(folder) / WEIGHTS_FILE).exists()
 
 
-def load_sparsify(folder: str | Path, fold: bool = True) -> LoadedSAE:
+def hookpoint_to_hook(hookpoint: str) -> str | None:
+    """Our hook alias for a sparsify hookpoint (`layers.3` -> `resid_post.3`, `layers.3.mlp` -> `mlp_out.3`)."""
+    translated = to_saelens_hook(hookpoint)
+    return from_saelens_hook(translated) if translated else None
+
+
+def hook_to_hookpoint(hook: str) -> str | None:
+    """The sparsify hookpoint (a module output, relative to the base model) of one of our hook labels or aliases;
+    None where sparsify cannot name it (a module's input, e.g. `resid_pre`)."""
+    translated = to_saelens_hook(hook)
+    if translated is None:
+        return None
+    _, layer, name = translated.split(".", 2)
+    suffix = {"hook_resid_post": "", "hook_mlp_out": ".mlp", "hook_attn_out": ".self_attn"}.get(name)
+    return None if suffix is None else f"layers.{layer}{suffix}"
+
+
+def load_sparsify(folder: str | Path, fold: bool = False) -> LoadedSAE:
     """Read a sparsify hookpoint folder as our TopK encoder + dictionary, with the same codes and reconstructions."""
     folder = Path(folder)
     where = str(folder)
@@ -46,32 +75,48 @@ def load_sparsify(folder: str | Path, fold: bool = True) -> LoadedSAE:
     check_shapes(raw, where)
     encoder, dictionary, folded = to_pair(raw, fold=fold)
     meta = {key: cfg[key] for key in ("d_in", "num_latents", "expansion_factor", "normalize_decoder") if key in cfg}
+    meta["hookpoint"] = folder.resolve().name
+    hook = hookpoint_to_hook(meta["hookpoint"])
+    if hook is not None:
+        meta["hook_name"] = hook
     return LoadedSAE(encoder, dictionary, "sparsify", folded, meta)
 
 
-def save_sparsify(encoder: Encoder, dictionary: Dictionary, folder: str | Path) -> Path:
-    """Write a TopK encoder that subtracts the dictionary bias, with its dictionary, as a sparsify hookpoint folder
-    that `SparseCoder.load_from_disk` reads."""
-    raw = from_pair(encoder, dictionary)
+def save_sparsify(
+    sae: LoadedSAE | Encoder,
+    dictionary: Dictionary | str | Path,
+    folder: str | Path | None = None,
+    *,
+    hookpoint: str | None = None,
+    input_scale: float | None = None,
+) -> Path:
+    """Write a TopK SAE whose encoder subtracts the dictionary bias as a sparsify hookpoint folder that
+    `SparseCoder.load_from_disk` reads: `save_sparsify(load_sae(run), folder)` or `save_sparsify(encoder,
+    dictionary, folder)`. Returns the hookpoint folder: `folder / hookpoint` when `hookpoint` is given or the SAE's
+    own hook has a sparsify name, else `folder` itself. The input scale is folded into the weights."""
+    encoder, dico, out, scale, provenance = export_args(sae, dictionary, folder, input_scale)
+    raw = from_pair(encoder, dico, scale)
     if raw.activation != "topk" or not raw.subtract_bias:
         raise SparseInferError(
             "sparsify stores only TopK SAEs whose encoder subtracts b_dec; "
             f"got encoder {raw.activation!r} with subtract_bias={raw.subtract_bias}"
         )
-    folder = Path(folder)
-    folder.mkdir(parents=True, exist_ok=True)
+    hook = provenance.get("hook_name")
+    hookpoint = hookpoint or (hook_to_hookpoint(str(hook)) if hook else None)
+    out = out / hookpoint if hookpoint else out
+    out.mkdir(parents=True, exist_ok=True)
     tensors = {"encoder.weight": raw.weight, "encoder.bias": raw.bias, "W_dec": raw.W_dec, "b_dec": raw.b_dec}
-    save_file({k: v.cpu().contiguous() for k, v in tensors.items()}, str(folder / WEIGHTS_FILE))
+    save_file({k: v.cpu().contiguous() for k, v in tensors.items()}, str(out / WEIGHTS_FILE))
     cfg: dict[str, Any] = {
         "activation": "topk",
-        "expansion_factor": max(1, dictionary.n_latents // dictionary.dim),
-        "normalize_decoder": bool(((dictionary.atoms.detach().norm(dim=1) - 1).abs() < 1e-5).all()),
-        "num_latents": dictionary.n_latents,
+        "expansion_factor": max(1, dico.n_latents // dico.dim),
+        "normalize_decoder": bool(((raw.W_dec.norm(dim=1) - 1).abs() < 1e-5).all()),
+        "num_latents": dico.n_latents,
         "k": raw.k,
         "multi_topk": False,
         "skip_connection": False,
         "transcode": False,
-        "d_in": dictionary.dim,
+        "d_in": dico.dim,
     }
-    (folder / CONFIG_FILE).write_text(json.dumps(cfg, indent=2))
-    return folder
+    (out / CONFIG_FILE).write_text(json.dumps(cfg, indent=2))
+    return out

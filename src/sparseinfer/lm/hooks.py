@@ -4,7 +4,9 @@ A hook point is a module name plus `input` or `output`, written `model.layers.9`
 `model.layers.9:input`. Aliases for transformer blocks, found by the model's block list (`layers`, `h`, `blocks`):
 `resid_pre.9` (the residual stream entering block 9), `resid_post.9` (leaving it), `mlp_out.9`, `attn_out.9`.
 Glob patterns select several at once: `*` matches within one dotted name part, `**` across parts
-(`resid_post.*`, `model.layers.*.mlp`).
+(`resid_post.*`, `model.layers.*.mlp`). SAELens / TransformerLens names (`blocks.3.hook_resid_pre`,
+`blocks.3.hook_resid_post`, `blocks.3.hook_mlp_out`, `blocks.3.hook_attn_out`) are read as those aliases
+(`from_saelens_hook`); `to_saelens_hook` writes them back for a hook point of ours.
 """
 
 from __future__ import annotations
@@ -23,6 +25,10 @@ from sparseinfer.errors import SparseInferError
 _BLOCK_LISTS = ("layers", "h", "blocks")
 _ALIASES = {"resid_pre": ("", "input"), "resid_post": ("", "output"), "mlp_out": (".mlp", "output")}
 _ATTENTION = ("self_attn", "attn", "attention")
+_SAELENS = {"hook_resid_pre": "resid_pre", "hook_resid_post": "resid_post", "hook_mlp_out": "mlp_out",
+            "hook_attn_out": "attn_out"}  # fmt: skip
+_SAELENS_NAME = re.compile(r"blocks\.(\d+)\.(.+)\Z")
+_MODULE_LABEL = re.compile(r"(?:.*\.)?(?:layers|h|blocks)\.(\d+)(\.(?:mlp|self_attn|attn|attention))?(:input)?\Z")
 
 
 @dataclass(frozen=True)
@@ -56,7 +62,44 @@ def block_list(model: nn.Module) -> str:
     raise SparseInferError("model has no list of transformer blocks (layers / h / blocks); give module names instead")
 
 
+def from_saelens_hook(name: str) -> str | None:
+    """Our alias for a SAELens / TransformerLens hook name (`blocks.3.hook_resid_pre` -> `resid_pre.3`); None when
+    `name` is not of the `blocks.L.hook_*` form. A TransformerLens hook our hook points cannot express (inside
+    attention or the MLP, layer norms, `hook_resid_mid`) raises a one-line error."""
+    match = _SAELENS_NAME.match(name)
+    if match is None or not match.group(2).rsplit(".", 1)[-1].startswith("hook_"):
+        return None
+    layer, hook = match.groups()
+    if hook not in _SAELENS:
+        raise SparseInferError(
+            f"SAELens hook {name!r} has no hook point here (supported: blocks.L.{', blocks.L.'.join(_SAELENS)}); "
+            "give the module name with --hook"
+        )
+    return f"{_SAELENS[hook]}.{layer}"
+
+
+def to_saelens_hook(label: str) -> str | None:
+    """The SAELens / TransformerLens name of one of our hook labels or aliases (`resid_pre.3`, `model.layers.3:input`
+    -> `blocks.3.hook_resid_pre`; `model.layers.3` -> `blocks.3.hook_resid_post`; `.mlp` -> `hook_mlp_out`;
+    attention -> `hook_attn_out`); None when it has no such name. Already-SAELens names pass through."""
+    if _SAELENS_NAME.match(label) and label.split(".", 2)[2] in _SAELENS:
+        return label
+    head, _, index = label.partition(".")
+    if head in _SAELENS.values() and index.isdigit():
+        return f"blocks.{index}.hook_{head}"
+    match = _MODULE_LABEL.match(label)
+    if match is None:
+        return None
+    layer, child, inp = match.groups()
+    if child is None:
+        return f"blocks.{layer}.hook_resid_{'pre' if inp else 'post'}"
+    if inp:
+        return None
+    return f"blocks.{layer}.hook_{'mlp' if child == '.mlp' else 'attn'}_out"
+
+
 def _expand_alias(model: nn.Module, pattern: str) -> tuple[str, str] | None:
+    pattern = from_saelens_hook(pattern) or pattern
     head, _, index = pattern.partition(".")
     if head not in (*_ALIASES, "attn_out") or not index:
         return None

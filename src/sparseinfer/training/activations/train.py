@@ -14,8 +14,9 @@ Losses (`loss`): "sae" follows the usual SAE convention, loss per token = ||x - 
 the regime's per-element means so that it transfers across dictionary sizes; "study" is the reference study's
 MSE / batch variance + l1 * mean |s| (see `losses`). Presets (`presets`) hold the study's settings.
 
-A run folder holds `run.json` (config, scale, store, history), `encoder.safetensors`, `dictionary/`, and while
-training `checkpoint.pt`.
+A run folder holds the trained SAE in the one format of `io.save_sae` (cfg.json with the scale and provenance,
+encoder.safetensors, dictionary.safetensors: `io.load_sae(run)` reads it), `run.json` (config, scale, store,
+history), and while training `checkpoint.pt`.
 """
 
 from __future__ import annotations
@@ -29,12 +30,13 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors.torch import load_file, save_file
 from torch import Tensor
 
 from sparseinfer.dictionary import Dictionary
-from sparseinfer.encoders.base import Encoder, create
+from sparseinfer.encoders.base import Encoder
 from sparseinfer.errors import SparseInferError
+from sparseinfer.io import RUN_FILE, load_sae, save_sae
+from sparseinfer.io.native import run_provenance
 from sparseinfer.training.activations.callbacks import Callbacks, project_radial
 from sparseinfer.training.activations.config import LMTrainConfig, default_l1, resolve, schedule
 from sparseinfer.training.activations.initialise import build, data_scale
@@ -43,8 +45,6 @@ from sparseinfer.training.distributed import DataParallel
 from sparseinfer.training.fit import FitHooks, FitState, fit, learnable_parameters
 from sparseinfer.training.regimes import get_regime
 
-RUN_FILE = "run.json"
-ENCODER_FILE = "encoder.safetensors"
 CHECKPOINT = "checkpoint.pt"
 
 
@@ -131,26 +131,26 @@ def train_on_activations(
 
 
 def save_run(out: Path, encoder: Encoder, dictionary: Dictionary, info: dict[str, Any]) -> None:
-    """Write the trained encoder, dictionary and `run.json`."""
-    tensors = {k: v.detach().cpu().contiguous() for k, v in encoder.state_dict().items()}
-    save_file(tensors, str(out / ENCODER_FILE))
-    dictionary.save(out / "dictionary")
+    """Write the trained pair in the one SAE format (`io.save_sae`, with the run's scale and provenance) at the top
+    of the run folder, plus `run.json` (config, scale, source, history)."""
+    provenance = run_provenance(info)
+    store = info.get("source", {}).get("store")
+    manifest = Path(store) / "manifest.json" if store else None
+    if manifest is not None and manifest.exists():  # what SAEBench's loader reads: context size and BOS
+        m = json.loads(manifest.read_text())
+        provenance |= {"context_size": m.get("context_length"), "prepend_bos": m.get("bos")}
+    provenance["dataset_path"] = provenance.get("dataset_path", "on the fly")
+    save_sae(encoder, dictionary, out, input_scale=info["scale"], provenance=provenance)
     (out / RUN_FILE).write_text(json.dumps(info, indent=1))
 
 
 def load_run(folder: str | Path, device: str | torch.device = "cpu") -> tuple[Encoder, Dictionary, dict[str, Any]]:
-    """Read a run folder written by `train_on_activations`: (encoder, dictionary, run info)."""
+    """Read a finished `sparseinfer train` run (any layout) through `io.load_sae`: (encoder, dictionary, run info)."""
     folder = Path(folder)
     if not (folder / RUN_FILE).exists():
         raise SparseInferError(f"{folder} is not a finished training run (no {RUN_FILE})")
-    info = json.loads((folder / RUN_FILE).read_text())
-    config = LMTrainConfig(**info["config"])
-    dictionary = Dictionary.load(folder / "dictionary")
-    encoder = create(config.encoder, dim=info["dim"], n_latents=info["n_latents"], **config.hparams)
-    tensors = load_file(str(folder / ENCODER_FILE))
-    if tensors:
-        encoder.load_state_dict(tensors)
-    return encoder.to(device).eval(), dictionary.to(device), info
+    sae = load_sae(folder).to(device)
+    return sae.encoder, sae.dictionary, json.loads((folder / RUN_FILE).read_text())
 
 
 def train_from_store(
