@@ -67,10 +67,19 @@ def infer(
     model: Annotated[
         str | None, typer.Option(help="with --sae: splice into this model (local folder or smollm2-135m) for CE/KL")
     ] = None,
-    hook: Annotated[str, typer.Option(help="with --model: the SAE's hook point, e.g. resid_pre.9")] = "resid_pre.9",
+    hook: Annotated[
+        str | None,
+        typer.Option(
+            help="with --model: hook point (resid_pre.9, blocks.9.hook_resid_pre); default: the SAE's own, else "
+            "resid_pre.9"
+        ),
+    ] = None,
     text: Annotated[str, typer.Option(help="with --model: text source of the test contexts")] = "shakespeare",
     contexts: Annotated[int, typer.Option(min=1, help="with --model: test contexts for the downstream loss")] = 16,
     context_length: Annotated[int, typer.Option(min=2, help="with --model: tokens per context")] = 128,
+    fold: Annotated[
+        bool, typer.Option(help="with --sae: fold SAELens/sparsify decoder norms into the codes (unit-norm atoms)")
+    ] = False,
 ) -> None:
     """Infer codes with one encoder on a synthetic problem (or your signals + dictionary) and print a table.
 
@@ -84,7 +93,7 @@ def infer(
 
         rows, title = run_refine(
             sae, signals, encoder, parse_params(param or []), out=out, model=model, hook=hook, text=text,
-            contexts=contexts, context_length=context_length,
+            contexts=contexts, context_length=context_length, fold=fold,
         )  # fmt: skip
         console.print(refine_table(rows, title))
         return

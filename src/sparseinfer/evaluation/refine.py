@@ -36,6 +36,7 @@ from sparseinfer.validation import check_count, check_signals
 REFINERS = ("support-refit", "ito", "fista", "omp", "lca")
 CALIBRATED = ("ito", "fista", "lca")
 BISECTION_STEPS = 16
+DEFAULT_HOOK = "resid_pre.9"  # `infer --sae --model` when neither --hook nor the SAE's files name one
 ITO_DEFAULTS: dict[str, Any] = {"parameterisation": "relu", "lr": 0.05, "max_iter": 100, "debias": True}
 
 
@@ -87,7 +88,7 @@ class RefinedEncoder(Encoder):
         if self.method == "ito":  # the ito encoder runs the SAE's encoder itself
             assert self.solver is not None
             return as_dense(self.solver(x, dictionary))
-        own = self.sae.encode(x)
+        own = self.sae.codes(x)  # x is on the pair's scale, as for any encoder of this dictionary
         if self.method == "sae":
             return own
         if self.method == "support-refit":
@@ -142,7 +143,7 @@ def _calibrate(
     high = float((dico.centre(x) @ dico.atoms.T).abs().max()) + 1e-12  # every Lasso code is zero at this penalty
     lo, hi = math.log(high * 1e-6), math.log(high)
     best, best_gap = high, math.inf
-    start = sae.encode(x) if name != "ito" else None
+    start = sae.codes(x) if name != "ito" else None
     batch = x.shape[0]
     spent = 0 if start is None else sae.encoder.inference_flops(batch, dico.dim, dico.n_latents)
     for _ in range(steps):
@@ -178,8 +179,8 @@ def build_method(
     if method not in REFINERS:
         raise SparseInferError(f"unknown refiner {method!r}; choose one of {', '.join(REFINERS)}")
     check_count(bisection_steps, "bisection_steps")
-    cal = check_signals(x.to(dico.atoms.dtype), dico.dim)[: check_count(calibration, "calibration")]
-    target = l0(sae.encode(cal))
+    cal = sae.scale(check_signals(x.to(dico.atoms.dtype), dico.dim)[: check_count(calibration, "calibration")])
+    target = l0(sae.codes(cal))
     if method == "omp":
         k = min(dico.n_latents, max(1, round(target)))
         return RefinedEncoder(sae, "omp", _solver(sae, "omp", {"k": k, **params}), f"k={k}")
@@ -195,7 +196,7 @@ def build_method(
 def score(refined: RefinedEncoder, x: Tensor) -> tuple[Tensor, RefineResult]:
     """Codes of `x` from a built method and their row: FVU, L0, FLOPs and extra FLOPs over the SAE's encoder."""
     dico = refined.sae.dictionary
-    x = check_signals(x.to(dico.atoms.dtype), dico.dim)
+    x = refined.sae.scale(check_signals(x.to(dico.atoms.dtype), dico.dim))
     codes = refined(x, dico)
     shape = (x.shape[0], dico.dim, dico.n_latents)
     flops, base = refined.inference_flops(*shape), refined.own_flops(*shape)
@@ -241,17 +242,20 @@ def run_refine(
     params: dict[str, Any] | None = None,
     out: Path | None = None,
     model: str | None = None,
-    hook: str = "resid_pre.9",
+    hook: str | None = None,
     text: str = "shakespeare",
     contexts: int = 16,
     context_length: int = 128,
+    fold: bool = False,
 ) -> tuple[list[RefineResult], str]:
     """`sparseinfer infer --sae`: load the SAE and the signals, compare its codes with `method` ('all': every
     refiner), optionally save the refined codes (last method) to `out`; returns the rows and a title.
 
     With `model` (a local folder or the built-in default), each method's reconstruction is also spliced into the
     model at `hook` on `contexts` test contexts of `text`, adding CE, loss recovered and KL; the signals then default
-    to the activations at `hook` on those contexts."""
+    to the activations at `hook` on those contexts. `hook` defaults to the SAE's own (its files' hook_name, ours or
+    SAELens', e.g. `blocks.3.hook_resid_pre`), else `resid_pre.9`. Signals are raw activations: the SAE's input
+    scale is applied; codes are on the SAE's own scale (the source library's, or decoder-norm folded with `fold`)."""
     from safetensors.torch import save_file
 
     from sparseinfer.evaluation.downstream import LMContext
@@ -262,9 +266,10 @@ def run_refine(
         raise SparseInferError(f"with --sae, --encoder must be one of {', '.join(REFINERS)} or all; got {method!r}")
     if signals is None and model is None:
         raise SparseInferError("--sae needs --signals (activations, batch x d_in) or --model to harvest them")
-    loaded = load_sae(sae)
+    loaded = load_sae(sae, fold=fold)
     lm = None
     if model is not None:
+        hook = hook or loaded.hook_name or DEFAULT_HOOK
         lm = LMContext.load(model, hook, text, contexts, context_length, loaded.dictionary.dim)
     x = load_signals(signals) if signals is not None else lm.activations()  # type: ignore[union-attr]
     rows: list[RefineResult] = []
@@ -273,7 +278,7 @@ def run_refine(
         refined = build_method(loaded, x, m, params)
         codes, row = score(refined, x)
         if lm is not None:
-            metrics = lm.downstream(refined, loaded.dictionary)
+            metrics = lm.downstream(refined, loaded.dictionary, loaded.input_scale)
             row = DownstreamResult(**asdict(row), **{k: float(v) for k, v in metrics.items()})
         rows.append(row)
     if out is not None and codes is not None:
