@@ -33,7 +33,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", default="smollm2-135m")
     parser.add_argument("--hook", default="resid_pre.9")
-    parser.add_argument("--text", default="shakespeare")
+    parser.add_argument("--text", default="english")
     parser.add_argument("--contexts", type=int, default=32)
     parser.add_argument("--context-length", type=int, default=128)
     parser.add_argument("--batch-size", type=int, default=8)

