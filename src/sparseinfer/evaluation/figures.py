@@ -1,4 +1,5 @@
-"""Figures of the evaluation: the frontier of reconstruction and downstream loss against L0, one line per encoder."""
+"""Figures of the evaluation: the frontier of reconstruction and downstream loss against L0 (or against inference
+FLOPs per token), one line per encoder (or per any label column)."""
 
 from __future__ import annotations
 
@@ -6,31 +7,40 @@ from pathlib import Path
 
 import pandas as pd
 
+AXES = {"l0": "L0 (active latents per token)", "inference_flops_per_token": "inference FLOPs per token"}
+METRICS = {"fvu": "FVU (held-out)", "ce": "spliced next-token CE"}
 
-def frontier_figure(table: pd.DataFrame, out: Path) -> None:
+
+def frontier_figure(
+    table: pd.DataFrame, out: Path, x: str = "l0", group: str = "encoder", name: str = "frontier.png"
+) -> Path:
+    """FVU and spliced CE (those present) against `x` (log scale), one line per `group` value; returns the path."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-
-    metrics = [m for m in ("fvu", "ce") if m in table]
     import matplotlib.ticker
 
-    fig, axes = plt.subplots(1, len(metrics), figsize=(5 * len(metrics), 4), squeeze=False)
-    for ax, metric in zip(axes[0], metrics, strict=True):
-        for label, runs in table.groupby("encoder", sort=False):
-            runs = runs.sort_values("l0")
-            ax.plot(runs["l0"], runs[metric], marker="o", label=label)  # one frontier line per encoder
+    metrics = [m for m in METRICS if m in table and table[m].notna().any()]
+    fig, axes = plt.subplots(1, max(1, len(metrics)), figsize=(5 * max(1, len(metrics)), 4), squeeze=False)
+    for ax, metric in zip(axes[0], metrics, strict=False):
+        for label, runs in table.groupby(group, sort=False):
+            runs = runs.sort_values(x)
+            ax.plot(runs[x], runs[metric], marker="o", label=label)  # one frontier line per label
         ax.set_xscale("log")
-        ax.xaxis.set_major_locator(matplotlib.ticker.LogLocator(subs=(1.0, 2.0, 5.0)))
-        ax.xaxis.set_major_formatter(matplotlib.ticker.FormatStrFormatter("%g"))  # 2, 5, 10, 20 (no overlaps)
-        ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
-        ax.set_xlabel("L0 (active latents per token)")
-        ax.set_ylabel({"fvu": "FVU", "ce": "spliced next-token CE"}[metric])
+        if x == "l0":
+            ax.xaxis.set_major_locator(matplotlib.ticker.LogLocator(subs=(1.0, 2.0, 5.0)))
+            ax.xaxis.set_major_formatter(matplotlib.ticker.FormatStrFormatter("%g"))  # 2, 5, 10, 20 (no overlaps)
+            ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
+        ax.set_xlabel(AXES.get(x, x))
+        ax.set_ylabel(METRICS[metric])
         if metric == "ce" and "ce_clean" in table:
             ax.axhline(float(table["ce_clean"].iloc[0]), ls="--", c="k", lw=0.8, label="clean")
         ax.legend(fontsize=7)
-    fig.suptitle("held-out activations: reconstruction and downstream loss against sparsity")
+    against = "sparsity" if x == "l0" else "inference compute"
+    fig.suptitle(f"held-out activations: reconstruction and downstream loss against {against}")
     fig.tight_layout()
-    fig.savefig(out / "frontier.png", dpi=120)
+    path = Path(out) / name
+    fig.savefig(path, dpi=120)
     plt.close(fig)
+    return path

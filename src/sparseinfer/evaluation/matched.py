@@ -2,7 +2,8 @@
 every L0 that some run reached) and each encoder label, the metrics (FVU, CE, loss recovered, KL, inference FLOPs per
 token) are interpolated linearly in log L0 between that encoder's two runs bracketing the target ("interpolated";
 "exact" when a run sits at the target), or, when the target lies outside the encoder's range (e.g. a single run),
-taken from its nearest run in log L0 ("nearest", with that run's own L0 shown)."""
+taken from its nearest run in log L0 ("nearest", with that run's own L0 shown). Rows calibrated to a target
+(a `target_l0` column, see `calibrate`) are used at their own target as they are ("calibrated")."""
 
 from __future__ import annotations
 
@@ -37,11 +38,20 @@ def _at_l0(runs: pd.DataFrame, target: float, metrics: list[str]) -> dict[str, A
 def matched_l0(table: pd.DataFrame, targets: list[float] | None = None) -> pd.DataFrame:
     """Every encoder label at every target L0 (see the module docstring), sorted by target then FVU."""
     metrics = [m for m in MATCHED_METRICS if m in table]
+    calibrated = table["target_l0"].notna() if "target_l0" in table else pd.Series(False, index=table.index)
     if targets is None:
-        targets = sorted({float(f"{v:.3g}") for v in table["l0"]})
-    rows = [
-        {"target_l0": target, "encoder": label, **_at_l0(runs, target, metrics)}
-        for target in targets
-        for label, runs in table.groupby("encoder", sort=False)
-    ]
+        source = table.loc[calibrated, "target_l0"] if calibrated.any() else table["l0"]
+        targets = sorted({float(f"{v:.3g}") for v in source})
+    rows = []
+    for target in targets:
+        for label, runs in table.groupby("encoder", sort=False):
+            mine = calibrated.loc[runs.index]
+            if mine.any():
+                hit = runs[mine & (runs["target_l0"] == target)]
+                if len(hit):
+                    row = hit.iloc[0]
+                    rows.append({"target_l0": target, "encoder": label, "how": "calibrated", "l0": float(row["l0"]),
+                                 **{m: float(row[m]) for m in metrics}})  # fmt: skip
+                continue
+            rows.append({"target_l0": target, "encoder": label, **_at_l0(runs, target, metrics)})
     return pd.DataFrame(rows).sort_values(["target_l0", "fvu"], kind="stable").reset_index(drop=True)

@@ -1,22 +1,118 @@
 """Evaluate trained runs on a held-out activation store and compare them: reconstruction (`reconstruction`),
-downstream loss (`downstream`) and the comparison at matched L0 (`matched`)."""
+downstream loss (`downstream`) and the comparison at matched L0 (`matched`).
+
+Every run folder and the store are checked before any compute (`check_runs`): a run must be finished and trained on
+activations of the store's model, hook point and width. With `target_l0`, an `infer_with` method is calibrated per
+dictionary and target (`calibrate`) on held-out tokens, so its rows sit at the target L0 by construction.
+"""
 
 from __future__ import annotations
 
+import json
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import pandas as pd
 import torch
+from torch import Tensor
 
 from sparseinfer.data.store import ActivationStore
-from sparseinfer.encoders.base import create
+from sparseinfer.dictionary import Dictionary
+from sparseinfer.encoders.base import Encoder, create
+from sparseinfer.errors import SparseInferError
+from sparseinfer.evaluation.calibrate import Calibration, calibrate
 from sparseinfer.evaluation.downstream import downstream_metrics, hook_point
 from sparseinfer.evaluation.figures import frontier_figure
 from sparseinfer.evaluation.matched import matched_l0
 from sparseinfer.evaluation.reconstruction import reconstruction_metrics
 from sparseinfer.lm.model import load_model
 from sparseinfer.training.activations.train import load_run
+
+Progress = Callable[[str], None]
+CALIBRATION_TOKENS = 2048
+CALIBRATION_SEED = 1  # the calibration sample is drawn apart from the evaluation's order (seed 0)
+
+
+def _silent(message: str) -> None:
+    """The default progress sink: nothing."""
+
+
+def run_source(run: str | Path) -> dict[str, Any]:
+    """A finished run's `run.json` (one-line error when the folder is not a finished run)."""
+    path = Path(run) / "run.json"
+    if not path.exists():
+        raise SparseInferError(f"{run} is not a finished training run (no run.json)")
+    try:
+        return json.loads(path.read_text())
+    except json.JSONDecodeError as err:
+        raise SparseInferError(f"{path} is not valid JSON: {err}") from None
+
+
+def _resolved_hook(pattern: str, model: str, lm: torch.nn.Module | None) -> str:
+    """The canonical label of an on-the-fly run's hook pattern (through the store's model)."""
+    from sparseinfer.lm.hooks import resolve_hook_points
+
+    module = lm if lm is not None else load_model(model)[0]
+    points = resolve_hook_points(module, pattern)
+    return points[0].label if len(points) == 1 else pattern
+
+
+def check_runs(
+    runs: list[str | Path], store: str | Path, lm: torch.nn.Module | None = None
+) -> tuple[ActivationStore, list[dict[str, Any]]]:
+    """Open the store and every run's `run.json`, and refuse (before any compute) a run that is unfinished or was
+    trained at another hook point, on another model or at another width than the store's."""
+    if not runs:
+        raise SparseInferError("give at least one run folder")
+    held_out = ActivationStore.open(store)
+    manifest = held_out.manifest
+    infos = []
+    for run in runs:
+        info = run_source(run)
+        source = info.get("source", {})
+        hook = source.get("hook")
+        if hook is not None and source.get("on_the_fly") and hook != manifest.hook:
+            hook = _resolved_hook(hook, manifest.model, lm)
+        if hook is not None and hook != manifest.hook:
+            raise SparseInferError(
+                f"run {run} was trained at hook {hook!r} but the store {store} holds {manifest.hook!r}: "
+                "evaluate it on a store harvested at the same hook point"
+            )
+        if source.get("model") not in (None, manifest.model):
+            raise SparseInferError(
+                f"run {run} was trained on model {source['model']!r}, the store on {manifest.model!r}"
+            )
+        if info.get("dim") != manifest.dim:
+            raise SparseInferError(f"run {run} has width {info.get('dim')} but the store's activations {manifest.dim}")
+        infos.append(info)
+    return held_out, infos
+
+
+def calibration_signals(store: ActivationStore, scale: float, n_tokens: int = CALIBRATION_TOKENS) -> Tensor:
+    """Held-out tokens (scaled as the run's inputs) on which a method's penalty is calibrated."""
+    return store.sample(n_tokens, seed=CALIBRATION_SEED) * scale
+
+
+def encoder_metrics(
+    encoder: Encoder,
+    dictionary: Dictionary,
+    held_out: ActivationStore,
+    scale: float,
+    n_tokens: int,
+    downstream_contexts: int,
+    batch_size: int,
+    model: torch.nn.Module | None,
+) -> dict[str, Any]:
+    """Reconstruction metrics of `encoder` on `dictionary`, plus the downstream loss when `model` is given."""
+    row = reconstruction_metrics(encoder, dictionary, held_out, scale, n_tokens, batch_size)
+    if downstream_contexts > 0 and model is not None:
+        manifest = held_out.manifest
+        ids = torch.cat([held_out.read_shard(i)["token_ids"] for i in range(len(manifest.shards))])
+        row |= downstream_metrics(
+            model, hook_point(manifest.hook), ids[:downstream_contexts], encoder, dictionary, scale, manifest.bos
+        )
+    return row
 
 
 def evaluate_run(
@@ -29,26 +125,32 @@ def evaluate_run(
     infer_params: dict[str, Any] | None = None,
     model: tuple[torch.nn.Module, Any] | None = None,
     device: str = "cpu",
+    target_l0: float | None = None,
+    calibration_tokens: int = CALIBRATION_TOKENS,
 ) -> dict[str, Any]:
-    """All metrics of one run on a held-out store; `infer_with` swaps in another encoder on the learned dictionary."""
+    """All metrics of one run on a held-out store; `infer_with` swaps in another encoder on the learned dictionary,
+    with fixed `infer_params` or, given `target_l0`, calibrated to that L0 on held-out tokens (`ito` warm-starts
+    from the run's encoder)."""
     encoder, dictionary, info = load_run(run, device)
     label = info["config"]["encoder"]
-    if infer_with:
-        encoder = create(infer_with, dim=info["dim"], n_latents=info["n_latents"], **(infer_params or {})).to(device)
-        label = f"{infer_with} on {label}'s dictionary"
     held_out = ActivationStore.open(store)
     scale = info["scale"]
+    cal: Calibration | None = None
+    if infer_with and target_l0 is not None:
+        x = calibration_signals(held_out, scale, calibration_tokens).to(device)
+        cal = calibrate(infer_with, dictionary, x, target_l0, infer_params, warm=encoder)
+        encoder, label = cal.encoder, f"{infer_with} on {label}'s dictionary"
+    elif infer_with:
+        encoder = create(infer_with, dim=info["dim"], n_latents=info["n_latents"], **(infer_params or {})).to(device)
+        label = f"{infer_with} on {label}'s dictionary"
     row: dict[str, Any] = {"run": str(run), "encoder": label, "n_latents": info["n_latents"]}
-    row["train_flops"] = info["history"][-1]["train_flops"] if info["history"] else 0
-    row |= reconstruction_metrics(encoder, dictionary, held_out, scale, n_tokens, batch_size)
-    if downstream_contexts > 0:
-        manifest = held_out.manifest
-        lm, _ = model if model is not None else load_model(manifest.model, device)
-        ids = torch.cat([held_out.read_shard(i)["token_ids"] for i in range(len(manifest.shards))])
-        row |= downstream_metrics(
-            lm, hook_point(manifest.hook), ids[:downstream_contexts], encoder, dictionary, scale, manifest.bos
-        )
-    return row
+    row["train_flops"] = info.get("train_flops", info["history"][-1]["train_flops"] if info["history"] else 0)
+    if cal is not None:
+        row |= {k: v for k, v in cal.summary().items() if k != "method"}
+    if downstream_contexts > 0 and model is None:
+        model = load_model(held_out.manifest.model, device)
+    lm = model[0] if model is not None else None
+    return row | encoder_metrics(encoder, dictionary, held_out, scale, n_tokens, downstream_contexts, batch_size, lm)
 
 
 def comparison_table(rows: list[dict[str, Any]], out: str | Path | None = None) -> pd.DataFrame:
@@ -72,17 +174,29 @@ def evaluate_runs(
     infer_with: str | None = None,
     infer_params: dict[str, Any] | None = None,
     device: str = "cpu",
+    target_l0: list[float] | None = None,
+    progress: Progress = _silent,
 ) -> list[dict[str, Any]]:
-    """Evaluate several runs on one held-out store (the model is loaded once); with `infer_with`, each run twice."""
-    model = None
-    if downstream_contexts > 0:
-        model = load_model(ActivationStore.open(store).manifest.model, device)
-    rows = []
+    """Evaluate several runs on one held-out store (checked up front; the model is loaded once); with
+    `infer_with`, each run again per target L0 (or once with fixed `infer_params` when no target is given)."""
+    manifest = ActivationStore.open(store).manifest
+    model = load_model(manifest.model, device) if downstream_contexts > 0 else None
+    check_runs(runs, store, model[0] if model is not None else None)
+    if target_l0 is not None and not infer_with:
+        raise SparseInferError("--target-l0 calibrates the --infer-with method: give --infer-with too")
+    jobs: list[tuple[str | Path, bool, float | None]] = []  # (run, swap in infer_with, target L0)
     for run in runs:
-        rows.append(evaluate_run(run, store, n_tokens, downstream_contexts, model=model, device=device))
+        jobs.append((run, False, None))
         if infer_with:
-            rows.append(
-                evaluate_run(run, store, n_tokens, downstream_contexts, infer_with=infer_with,
-                             infer_params=infer_params, model=model, device=device)
-            )  # fmt: skip
+            jobs += [(run, True, t) for t in (target_l0 or [None])]
+    rows = []
+    for i, (run, swap, target) in enumerate(jobs, 1):
+        what = "its own encoder" if not swap else f"{infer_with}" + (f" at L0 {target:g}" if target else "")
+        progress(f"evaluate [{i}/{len(jobs)}] {run}: {what}")
+        rows.append(
+            evaluate_run(run, store, n_tokens, downstream_contexts, infer_with=infer_with if swap else None,
+                         infer_params=infer_params, model=model, device=device, target_l0=target)
+        )  # fmt: skip
+        last = rows[-1]
+        progress(f"  fvu {last['fvu']:.4f}, l0 {last['l0']:.1f}" + (f", ce {last['ce']:.3f}" if "ce" in last else ""))
     return rows

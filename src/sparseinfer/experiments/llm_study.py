@@ -1,0 +1,414 @@
+"""The study's language-model experiment as resumable stages (`sparseinfer reproduce llm`).
+
+Stages, in order, each writing its outputs and then its marker `stages/<stage>.json` (atomically, with the stage's
+wall time and peak resident memory); a rerun with `resume` skips every stage whose marker exists, and a SIGKILL
+loses at most the stage in progress (within it, work resumes per piece: harvests per shard, training runs from their
+checkpoints, evaluation per row, interpretation per latent):
+
+1. `data`: train and held-out stores of the preset's model at its hook on its corpus (held-out documents apart);
+2. `train`: every family (ReLU+L1 SAE, TopK SAE, the study's MLP encoder, sparse coding) at every target L0;
+3. `evaluate`: for every learned dictionary, its own encoder, ITO warm-started from it, FISTA and OMP, calibrated
+   to the dictionary's target L0 on held-out tokens; FVU, CE loss recovered, KL, dead / dense fractions, inference
+   FLOPs per token, training FLOPs -> `results.parquet` (one row per dictionary x method x target);
+4. `interp`: automated interpretability of random live latents of each family's dictionary (and the pipeline's
+   controls where available) -> `interp/`;
+5. `report`: `report.md` and the frontier figures, read only from the files above.
+
+`config.yaml` holds the resolved preset, its seed and the package versions.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import platform
+import resource
+import threading
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+import torch
+import yaml
+
+from sparseinfer.errors import SparseInferError
+from sparseinfer.experiments.llm_presets import LLMPreset, get_preset
+
+STAGES = ("data", "train", "evaluate", "interp", "report")
+RESULTS = "results.parquet"
+Progress = Callable[[str], None]
+ROUND_MLP = 5.5  # the study's MLP hidden width per model dimension (768 -> 4,224)
+
+
+# ---------------------------------------------------------------------------------------------------- stage files
+def write_atomic(path: Path, text: str) -> None:
+    """Write `text` to `path` through a temporary file and a rename, so a kill never leaves half a file."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
+def marker(out: Path, stage: str) -> Path:
+    """The completion marker of `stage` in the study folder `out`."""
+    return out / "stages" / f"{stage}.json"
+
+
+def finished(out: Path) -> list[str]:
+    """The stages of `out` that completed."""
+    return [s for s in STAGES if marker(out, s).exists()]
+
+
+def _rss_bytes() -> int:
+    """This process's resident memory now (Linux /proc), else its peak so far."""
+    try:
+        pages = int(Path("/proc/self/statm").read_text().split()[1])
+        return pages * os.sysconf("SC_PAGE_SIZE")
+    except (OSError, ValueError, IndexError):
+        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+
+
+@contextlib.contextmanager
+def measured(record: dict[str, Any], every: float = 0.25) -> Iterator[None]:
+    """Measure the block's wall time and peak resident memory (sampled) into `record`."""
+    peak, stop = [_rss_bytes()], threading.Event()
+
+    def sample() -> None:
+        while not stop.wait(every):
+            peak[0] = max(peak[0], _rss_bytes())
+
+    thread = threading.Thread(target=sample, daemon=True)
+    start = time.perf_counter()
+    thread.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        thread.join()
+        record["seconds"] = time.perf_counter() - start
+        record["peak_rss_gb"] = max(peak[0], _rss_bytes()) / 2**30
+
+
+def versions() -> dict[str, str]:
+    """Versions of the package, Python and the main libraries (for config.yaml)."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    out = {"python": platform.python_version(), "platform": platform.platform()}
+    for name in ("sparseinfer", "torch", "transformers", "numpy", "pandas"):
+        try:
+            out[name] = version(name)
+        except PackageNotFoundError:
+            out[name] = "not installed"
+    return out
+
+
+# ---------------------------------------------------------------------------------------------------- stages
+def stage_data(preset: LLMPreset, out: Path, progress: Progress) -> dict[str, Any]:
+    """Harvest the train and held-out stores (resumable per shard); returns their token counts."""
+    from sparseinfer.data.harvest import HarvestConfig, harvest
+    from sparseinfer.lm.model import load_model
+
+    model = load_model(preset.model, preset.device)
+    info = {}
+    for split, n in (("train", preset.train_contexts), ("test", preset.test_contexts)):
+        cfg = HarvestConfig(
+            preset.model, (preset.hook,), preset.text, split, preset.context_length, n, preset.contexts_per_shard,
+            preset.harvest_batch, preset.dtype, True, True, preset.device,
+        )  # fmt: skip
+        progress(f"data: harvesting {n} {split} contexts of {preset.context_length} tokens ({preset.text})")
+        result = harvest(cfg, out / "data" / split, resume=True, progress=False, model=model)
+        info[split] = {"tokens_this_call": result.tokens, "tokens_per_second": result.tokens_per_second}
+        progress(f"data: {split}: {result.tokens} tokens in {result.seconds:.0f} s")
+    return info
+
+
+def run_name(family: str, target: int) -> str:
+    """The run folder name of a family trained at a target L0."""
+    return f"{family}-l0_{target}"
+
+
+def train_config(preset: LLMPreset, family: str, target: int, dim: int) -> Any:
+    """The `LMTrainConfig` of `family` at `target` L0 (TopK by k; the others by `target_l0` when the config has it,
+    else by the preset's L1 weight for that target)."""
+    from sparseinfer.training.activations import LMTrainConfig
+
+    common: dict[str, Any] = {"expansion": preset.expansion, "steps": preset.steps, "batch_size": preset.batch_size,
+                              "lr": preset.lr, "loss": preset.loss, "seed": preset.seed,
+                              "checkpoint_every": max(1, min(200, preset.steps // 4)),
+                              "eval_every": max(1, min(50, preset.steps // 4))}  # fmt: skip
+    if family == "topk":
+        return LMTrainConfig(**common, encoder="topk", hparams={"k": target})
+    sparsity: dict[str, Any] = {"l1": preset.l1[target]}
+    if "target_l0" in LMTrainConfig.model_fields:
+        sparsity = {"target_l0": float(target)}
+    if family == "relu":
+        return LMTrainConfig(**common, **sparsity, encoder="relu")
+    if family == "mlp":
+        return LMTrainConfig(**common, **sparsity, encoder="mlp", hparams={"hidden": [round(ROUND_MLP * dim)]})
+    hparams = {"optimiser": "adam", "lr": 0.1, "max_iter": preset.sparse_coding_iter, "parameterisation": "relu",
+               "debias": False}  # fmt: skip
+    return LMTrainConfig(**{**common, "steps": preset.sparse_coding_steps}, **sparsity, encoder="gradient",
+                         hparams=hparams)  # fmt: skip
+
+
+def stage_train(preset: LLMPreset, out: Path, progress: Progress) -> dict[str, Any]:
+    """Train every family at every target on the train store (finished runs skipped, others resume)."""
+    from sparseinfer.data.store import ActivationStore
+    from sparseinfer.training.activations import train_from_store
+
+    store = out / "data" / "train"
+    dim = ActivationStore.open(store).manifest.dim
+    info = {}
+    for family in preset.families:
+        for target in preset.targets:
+            folder = out / "train" / run_name(family, target)
+            if (folder / "run.json").exists():
+                info[folder.name] = "done before"
+                continue
+            cfg = train_config(preset, family, target, dim)
+            progress(f"train: {folder.name} ({cfg.encoder}, {cfg.steps} steps of {cfg.batch_size} tokens)")
+            record: dict[str, Any] = {}
+            with measured(record):
+                run = train_from_store(cfg, store, folder, device=preset.device, progress=False, resume=True)
+            last = run["history"][-1] if run["history"] else {}
+            record |= {"fvu": last.get("fvu"), "l0": last.get("l0"), "train_flops": run.get("train_flops")}
+            info[folder.name] = record
+            progress(f"train: {folder.name}: fvu {record['fvu']:.4f}, l0 {record['l0']:.1f} in "
+                     f"{record['seconds']:.0f} s")  # fmt: skip
+    return info
+
+
+def _methods_for(preset: LLMPreset, family: str) -> list[str]:
+    """The evaluation methods of a family's dictionary (sparse coding has no amortised encoder for ITO to refine)."""
+    return [m for m in preset.methods if not (family == "sparse_coding" and m == "ito")]
+
+
+def build_method(method: str, family: str, encoder: Any, dictionary: Any, x: torch.Tensor, target: int,
+                 preset: LLMPreset) -> tuple[Any, dict[str, Any]]:  # fmt: skip
+    """The encoder for `method` on one learned dictionary, matched to `target` on the calibration signals `x`, and
+    its calibration summary (empty for a trained encoder used as it is)."""
+    from sparseinfer.evaluation.calibrate import calibrate
+
+    solver = {"max_iter": preset.solver_iter}
+    if method == "own" and family != "sparse_coding":
+        return encoder, {}
+    if method == "own":  # the sparse-coding dictionary's own inference: Adam on the codes, penalty calibrated
+        cal = calibrate("gradient", dictionary, x, target, {"max_iter": encoder.max_iter})
+    elif method == "ito":
+        cal = calibrate("ito", dictionary, x, target, solver, warm=encoder)
+    elif method == "fista":
+        cal = calibrate("fista", dictionary, x, target, solver)
+    else:
+        cal = calibrate(method, dictionary, x, target)
+    return cal.encoder, cal.summary()
+
+
+def stage_evaluate(preset: LLMPreset, out: Path, progress: Progress) -> dict[str, Any]:
+    """One row per dictionary x method x target (each row saved as it is done), then `results.parquet`."""
+    from sparseinfer.evaluation.runs import calibration_signals, check_runs, encoder_metrics
+    from sparseinfer.lm.model import load_model
+    from sparseinfer.training.activations.train import load_run
+
+    store = out / "data" / "test"
+    runs = [out / "train" / run_name(f, t) for f in preset.families for t in preset.targets]
+    model = load_model(preset.model, preset.device)[0] if preset.eval_contexts else None
+    held_out, _ = check_runs(runs, store, model)
+    rows_dir = out / "evaluate" / "rows"
+    jobs = [(f, t, m) for f in preset.families for t in preset.targets for m in _methods_for(preset, f)]
+    for i, (family, target, method) in enumerate(jobs, 1):
+        path = rows_dir / f"{run_name(family, target)}__{method}.json"
+        if path.exists():
+            continue
+        progress(f"evaluate [{i}/{len(jobs)}]: {run_name(family, target)} with {method}")
+        encoder, dictionary, info = load_run(out / "train" / run_name(family, target), preset.device)
+        row: dict[str, Any] = {"dictionary": family, "run": run_name(family, target), "method": method,
+                               "target_l0": float(target), "n_latents": info["n_latents"],
+                               "train_flops": info.get("train_flops", 0), "error": ""}  # fmt: skip
+        start = time.perf_counter()
+        try:
+            x = calibration_signals(held_out, info["scale"], preset.calibration_tokens).to(preset.device)
+            chosen, summary = build_method(method, family, encoder, dictionary, x, target, preset)
+            row |= {k: v for k, v in summary.items() if k not in ("method", "target_l0")}
+            metrics = encoder_metrics(chosen, dictionary, held_out, info["scale"], preset.eval_tokens,
+                                      preset.eval_contexts, 1024, model)  # fmt: skip
+            row |= {k: v for k, v in metrics.items() if k != "freq_hist_log10"}
+        except SparseInferError as err:  # e.g. a target out of this method's reach: a row that says so
+            row["error"] = str(err)
+        row["eval_seconds"] = time.perf_counter() - start
+        write_atomic(path, json.dumps(row, indent=1, default=float))
+        shown = f"fvu {row['fvu']:.4f}, l0 {row['l0']:.1f}" if "fvu" in row else f"error: {row['error']}"
+        progress(f"  {shown} ({row['eval_seconds']:.0f} s)")
+    rows = [json.loads((rows_dir / f"{run_name(f, t)}__{m}.json").read_text()) for f, t, m in jobs]
+    table = pd.DataFrame(rows)
+    tmp = out / f".{RESULTS}.tmp"
+    table.to_parquet(tmp)
+    os.replace(tmp, out / RESULTS)
+    return {"rows": len(table), "errors": int((table["error"] != "").sum())}
+
+
+def _llm_client(preset: LLMPreset, out: Path, base_url: str | None, stack: contextlib.ExitStack) -> Any:
+    """A chat client on `base_url`, or on a local llama.cpp server of the preset's explainer started for the stage."""
+    from sparseinfer.interp.client import ChatClient, LLMConfig
+
+    if base_url is None and not os.environ.get("SPARSEINFER_LLM_BASE_URL"):
+        from sparseinfer.interp.server import LocalLLMServer
+
+        server = LocalLLMServer(preset.explainer, threads=preset.llm_threads, log=out / "interp" / "llm-server.log")
+        base_url = stack.enter_context(server).base_url
+    config = LLMConfig.from_env(base_url=base_url, cache_dir=out / "interp" / "llm-cache")
+    return stack.enter_context(ChatClient(config))
+
+
+def stage_interp(preset: LLMPreset, out: Path, progress: Progress, base_url: str | None = None) -> dict[str, Any]:
+    """Explain and score random live latents of each amortised family's dictionary at `interp_target`."""
+    from sparseinfer.interp.pipeline import InterpretConfig, interpret
+
+    families = [f for f in preset.families if f != "sparse_coding"]  # its codes need the solver over the store
+    runs = [out / "train" / run_name(f, preset.interp_target) for f in families]
+    options = {"logit_tokens": 0, **preset.interp_options}
+    cfg = InterpretConfig(n_latents=preset.interp_latents, min_count=preset.interp_min_count, seed=preset.seed,
+                          **options)  # fmt: skip
+    with contextlib.ExitStack() as stack:
+        client = _llm_client(preset, out, base_url, stack)
+        scores, _ = interpret(runs, out / "data" / "test", out / "interp", client, cfg, progress=progress)
+    return {"latents": len(scores), "families": families}
+
+
+# ---------------------------------------------------------------------------------------------------- report
+def _method_label(row: pd.Series) -> str:
+    return f"{row['dictionary']} / {row['method']}"
+
+
+def write_llm_report(out: Path) -> Path:
+    """`report.md` and figures from `results.parquet`, `interp/*.parquet`, `config.yaml` and the stage markers."""
+    from sparseinfer.evaluation.figures import frontier_figure
+
+    out = Path(out)
+    results = pd.read_parquet(out / RESULTS)
+    config = yaml.safe_load((out / "config.yaml").read_text())
+    ok = results[results["error"] == ""].copy()
+    ok["label"] = ok.apply(_method_label, axis=1)
+    figures = []
+    if len(ok):
+        figures.append(frontier_figure(ok, out, x="l0", group="label", name="frontier_l0.png"))
+        figures.append(
+            frontier_figure(ok, out, x="inference_flops_per_token", group="label", name="frontier_flops.png")
+        )
+    lines = [f"# Language-model study: preset `{config['preset']['name']}`", "",
+             f"Model {config['preset']['model']} at {config['preset']['hook']}, corpus `{config['preset']['text']}`, "
+             f"dictionaries {config['preset']['expansion']}x, targets L0 {config['preset']['targets']}. "
+             f"Expected time: {config['preset']['expected']}.", "", "## Stages", "",
+             "| stage | seconds | peak RSS (GB) |", "|---|---:|---:|"]  # fmt: skip
+    for stage in STAGES[:-1]:
+        if marker(out, stage).exists():
+            m = json.loads(marker(out, stage).read_text())
+            lines.append(f"| {stage} | {m['seconds']:.0f} | {m['peak_rss_gb']:.2f} |")
+    cols = [c for c in ("dictionary", "method", "target_l0", "l0", "fvu", "loss_recovered", "kl", "dead_fraction",
+                        "dense_fraction", "inference_flops_per_token", "train_flops") if c in results]  # fmt: skip
+    lines += ["", "## Reconstruction and downstream loss at matched L0", "",
+              "Every method calibrated to the dictionary's target L0 on held-out tokens (`calibrated_l0`: the L0 "
+              "there; `l0`: on the evaluation tokens).", "", _markdown(results[cols])]  # fmt: skip
+    errors = results[results["error"] != ""]
+    if len(errors):
+        lines += ["", "### Rows without numbers", ""] + [
+            f"- {r.run} / {r.method}: {r.error}" for r in errors.itertuples()
+        ]
+    if len(ok):
+        lines += ["", "## FVU relative to each dictionary's own encoder", ""]
+        base = ok[ok["method"] == "own"].set_index("run")["fvu"]
+        gain = ok.assign(fvu_vs_own=ok["fvu"] / ok["run"].map(base))
+        lines += [_markdown(gain.pivot_table(index="run", columns="method", values="fvu_vs_own"))]
+    comparison = out / "interp" / "comparison.parquet"
+    if comparison.exists():
+        lines += ["", "## Interpretability", "", _markdown(pd.read_parquet(comparison))]
+        controls = out / "interp" / "controls.parquet"
+        lines += [
+            "",
+            _markdown(pd.read_parquet(controls))
+            if controls.exists()
+            else "Controls (planted features, shuffled explanations): not run by this version of the pipeline.",
+        ]
+    lines += ["", "## Figures", ""] + [f"![{p.stem}]({p.name})" for p in figures]
+    path = out / "report.md"
+    write_atomic(path, "\n".join(lines) + "\n")
+    return path
+
+
+def _cell(value: Any) -> str:
+    """One table cell: floats with 4 significant digits, the rest as text."""
+    if isinstance(value, float):
+        return "-" if value != value else f"{value:.4g}"
+    return str(value)
+
+
+def _markdown(table: pd.DataFrame) -> str:
+    """A table as GitHub Markdown (the index too, when it is named)."""
+    if not len(table):
+        return "(no rows)"
+    frame = table.reset_index() if table.index.name is not None else table
+    header = [str(c) for c in frame.columns]
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(_cell(v) for v in row) + " |" for row in frame.itertuples(index=False)]
+    return "\n".join(lines)
+
+
+def _write_config(preset: LLMPreset, out: Path, resume: bool) -> None:
+    """config.yaml with the resolved preset; a resumed study must use the same preset."""
+    path = out / "config.yaml"
+    settings = {"preset": preset.settings(), "seed": preset.seed, "versions": versions()}
+    if path.exists():
+        before = yaml.safe_load(path.read_text())
+        if not resume:
+            raise SparseInferError(f"{out} already holds a study; pass --resume to continue it or choose another --out")
+        if before.get("preset") != settings["preset"]:
+            raise SparseInferError(
+                f"{out} holds a study of another preset ({before['preset']['name']}); use a new --out"
+            )
+        return
+    write_atomic(path, yaml.safe_dump(settings, sort_keys=False))
+
+
+def run_llm_study(
+    preset: LLMPreset | str,
+    out: str | Path,
+    resume: bool = False,
+    base_url: str | None = None,
+    progress: Progress = lambda s: None,
+    stop_after: str | None = None,
+) -> dict[str, dict[str, Any]]:
+    """Run (or continue, with `resume`) the study's stages in `out`; returns each stage's marker content.
+
+    `base_url`: an OpenAI-compatible endpoint for the interp stage (default: a local llama.cpp server of the preset's
+    explainer). `stop_after`: stop once that stage is done (e.g. "evaluate" to skip interpretability)."""
+    preset = get_preset(preset) if isinstance(preset, str) else preset
+    if stop_after is not None and stop_after not in STAGES:
+        raise SparseInferError(f"stop_after must be one of {', '.join(STAGES)}")
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    torch.manual_seed(preset.seed)
+    _write_config(preset, out, resume)
+    runners: dict[str, Callable[[], dict[str, Any]]] = {
+        "data": lambda: stage_data(preset, out, progress),
+        "train": lambda: stage_train(preset, out, progress),
+        "evaluate": lambda: stage_evaluate(preset, out, progress),
+        "interp": lambda: stage_interp(preset, out, progress, base_url),
+        "report": lambda: {"report": str(write_llm_report(out))},
+    }
+    done: dict[str, dict[str, Any]] = {}
+    for stage in STAGES:
+        if marker(out, stage).exists():
+            done[stage] = json.loads(marker(out, stage).read_text())
+            progress(f"{stage}: done before ({done[stage]['seconds']:.0f} s), skipped")
+        else:
+            record: dict[str, Any] = {"stage": stage}
+            with measured(record):
+                record["outputs"] = runners[stage]()
+            write_atomic(marker(out, stage), json.dumps(record, indent=1, default=str))
+            done[stage] = record
+            progress(f"{stage}: finished in {record['seconds']:.0f} s, peak RSS {record['peak_rss_gb']:.2f} GB")
+        if stage == stop_after:
+            break
+    return done

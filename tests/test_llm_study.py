@@ -1,0 +1,139 @@
+"""`sparseinfer reproduce llm` as stages (experiments.llm_study) on the micro preset with a tiny random model: the
+pipeline end to end, stage resume (markers skip, a killed stage is redone), the interp stage against the fake LLM
+server, and `evaluate`'s up-front checks (hook mismatch refused before any compute; calibrated --target-l0 rows)."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from sparseinfer.errors import SparseInferError
+from sparseinfer.experiments.llm_presets import get_preset
+from sparseinfer.experiments.llm_study import STAGES, finished, marker, run_llm_study, write_llm_report
+from sparseinfer.interp.fake import FakeLLMServer
+from sparseinfer.lm.tiny import build_tiny_model
+
+WORDS = "the quick brown fox jumps over a lazy dog while seven wise kings sing of gold and time".split()
+
+
+@pytest.fixture(scope="module")
+def assets(tmp_path_factory) -> tuple[Path, Path]:
+    root = tmp_path_factory.mktemp("llm")
+    model = build_tiny_model(root / "model")
+    docs = root / "docs"
+    docs.mkdir()
+    for i in range(20):  # 20 documents: every 10th is held out
+        words = [WORDS[(i * 7 + j * (i % 5 + 1)) % len(WORDS)] for j in range(160)]
+        (docs / f"doc{i:02d}.txt").write_text(" ".join(words) + ".")
+    return model, docs
+
+
+def micro(assets, **more):
+    model, docs = assets
+    return get_preset("micro", model=str(model), text=str(docs), hook="resid_pre.2", **more)
+
+
+def _fox(payload) -> str:
+    text = payload["messages"][-1]["content"]
+    return "Explanation: the word fox" if "detect" in text else "Yes"
+
+
+def test_pipeline_end_to_end_and_resume(assets, tmp_path) -> None:
+    out = tmp_path / "study"
+    lines: list[str] = []
+    with FakeLLMServer(_fox) as srv:
+        done = run_llm_study(micro(assets), out, base_url=srv.base_url, progress=lines.append)
+    assert list(done) == list(STAGES) and finished(out) == list(STAGES)
+    results = pd.read_parquet(out / "results.parquet")
+    preset = micro(assets)
+    expected = sum(len(preset.targets) * (3 if f == "sparse_coding" else 4) for f in preset.families)
+    assert len(results) == expected  # one row per dictionary x method x target
+    calibrated = results[(results.method.isin(["fista", "ito"])) & (results.error == "")]
+    assert (
+        len(calibrated) and (abs(calibrated.calibrated_l0 - calibrated.target_l0) <= 0.05 * calibrated.target_l0).all()
+    )
+    omp = results[results.method == "omp"]
+    assert (omp.k == omp.target_l0).all() and (omp.l0 <= omp.target_l0 + 1e-9).all()
+    for col in ("fvu", "loss_recovered", "kl", "dead_fraction", "dense_fraction", "inference_flops_per_token",
+                "train_flops"):  # fmt: skip
+        assert col in results
+    for name in ("report.md", "config.yaml", "frontier_l0.png", "frontier_flops.png"):
+        assert (out / name).exists(), name
+    assert "matched L0" in (out / "report.md").read_text()
+    assert any("finished in" in line for line in lines)
+    stamps = {s: marker(out, s).stat().st_mtime_ns for s in STAGES}
+    # a rerun without --resume is refused; with it every finished stage is skipped
+    with pytest.raises(SparseInferError, match="--resume"):
+        run_llm_study(micro(assets), out)
+    again: list[str] = []
+    run_llm_study(micro(assets), out, resume=True, progress=again.append)
+    assert sum("skipped" in line for line in again) == len(STAGES)
+    assert {s: marker(out, s).stat().st_mtime_ns for s in STAGES} == stamps
+    # a stage whose marker is gone (killed before it finished) is redone, its finished pieces reused
+    marker(out, "evaluate").unlink()
+    marker(out, "report").unlink()
+    redo: list[str] = []
+    run_llm_study(micro(assets), out, resume=True, progress=redo.append)
+    assert not any(line.startswith("evaluate [") for line in redo)  # every row was saved before
+    assert marker(out, "evaluate").exists()
+    # the report reads only the files
+    assert write_llm_report(out).read_text() == (out / "report.md").read_text()
+
+
+def test_a_changed_preset_is_refused_on_resume(assets, tmp_path) -> None:
+    out = tmp_path / "study"
+    run_llm_study(micro(assets), out, stop_after="data")
+    with pytest.raises(SparseInferError, match="another preset"):
+        run_llm_study(micro(assets, steps=7), out, resume=True, stop_after="data")
+
+
+def test_sigkill_loses_at_most_the_stage_in_progress(assets, tmp_path) -> None:
+    out = tmp_path / "study"
+    run_llm_study(micro(assets, steps=4000), out, stop_after="data")
+    model, docs = assets
+    code = (
+        "from sparseinfer.experiments.llm_presets import get_preset\n"
+        "from sparseinfer.experiments.llm_study import run_llm_study\n"
+        f"p = get_preset('micro', model={str(model)!r}, text={str(docs)!r}, hook='resid_pre.2', steps=4000)\n"
+        f"run_llm_study(p, {str(out)!r}, resume=True, stop_after='train')\n"
+    )
+    first = out / "train" / "relu-l0_2"
+    proc = subprocess.Popen([sys.executable, "-c", code])
+    deadline = time.monotonic() + 120
+    while not (first / "checkpoint.pt").exists() and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert proc.poll() is None, "the training stage ended before it could be killed"
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert marker(out, "data").exists() and not marker(out, "train").exists()
+    assert json.loads(marker(out, "data").read_text())["stage"] == "data"
+
+
+def test_evaluate_refuses_a_run_at_another_hook(assets, tmp_path) -> None:
+    from sparseinfer.evaluation.runs import evaluate_runs
+
+    out = tmp_path / "study"
+    run_llm_study(micro(assets), out, stop_after="train")
+    run = out / "train" / "topk-l0_2"
+    info = json.loads((run / "run.json").read_text())
+    info["source"]["hook"] = "model.layers.0:input"
+    (run / "run.json").write_text(json.dumps(info))
+    ok = out / "train" / "relu-l0_2"
+    with pytest.raises(SparseInferError, match=r"trained at hook 'model\.layers\.0:input'"):
+        evaluate_runs([ok, run], out / "data" / "test", n_tokens=64, downstream_contexts=0)
+    with pytest.raises(SparseInferError, match="not a finished training run"):
+        evaluate_runs([ok, tmp_path / "nothing"], out / "data" / "test", n_tokens=64, downstream_contexts=0)
+    lines: list[str] = []
+    rows = evaluate_runs([ok], out / "data" / "test", n_tokens=64, downstream_contexts=0, infer_with="fista",
+                         infer_params={"max_iter": 50}, target_l0=[2.0, 4.0], progress=lines.append)  # fmt: skip
+    assert [r.get("target_l0") for r in rows] == [None, 2.0, 4.0]
+    assert all(abs(r["calibrated_l0"] - r["target_l0"]) <= 0.05 * r["target_l0"] for r in rows[1:])
+    assert len(lines) == 6 and lines[0].startswith("evaluate [1/3]")
