@@ -134,6 +134,20 @@ def test_warm_start_and_float32() -> None:
     assert _gap(x, atoms, low.double(), exact, 0.1) < 1e-5
 
 
+@pytest.mark.parametrize("nonneg", [False, True])
+def test_warm_start_larger_than_the_working_set(nonneg: bool) -> None:
+    """A warm support wider than `working_set` whose largest code is no violator alone (found on row 18 here: the
+    solver retried that atom forever and returned codes 2.8 off the optimum, objective +5.4)."""
+    dictionary = Dictionary.random(40, 12, seed=5, dtype=torch.float64)
+    x = torch.randn(20, 12, generator=torch.Generator().manual_seed(6), dtype=torch.float64)
+    encoder = _encoder(0.1, nonneg=nonneg, working_set=4)
+    exact = encoder(x, dictionary)
+    assert int((exact != 0).sum(1).max()) > 4
+    warm = encoder(x, dictionary, init=exact)
+    assert encoder.diagnostics is not None and encoder.diagnostics.converged
+    assert torch.allclose(warm, exact, atol=1e-10)
+
+
 def test_debias_refits_the_exact_support() -> None:
     dictionary, x = _problem(30, 15, batch=8, seed=10, k=3)
     codes = _encoder(0.05, debias=True)(x, dictionary)

@@ -161,7 +161,7 @@ def test_gradient_errors() -> None:
     for bad in ({"lr": 0.0}, {"lr": -1.0}, {"max_iter": 0}, {"penalty": -0.1}, {"eps": 0.0}):
         with pytest.raises(si.SparseInferError, match=next(iter(bad))):
             si.create("gradient", **bad)
-    with pytest.raises(si.SparseInferError, match="optimiser must be one of adam, sgd"):
+    with pytest.raises(si.SparseInferError, match="'optimiser': input should be 'adam' or 'sgd'; got 'lbfgs'"):
         si.create("gradient", optimiser="lbfgs")
     with pytest.raises(si.SparseInferError, match="parameterisation"):
         si.create("gradient", parameterisation="softplus")
@@ -221,7 +221,7 @@ def test_ito_errors() -> None:
         si.create("ito", dim=8, n_latents=16, refiner="adam")
     with pytest.raises(si.SparseInferError, match="unknown refiner 'relu'"):
         si.create("ito", dim=8, n_latents=16, refiner="relu")  # not iterative
-    with pytest.raises(si.SparseInferError, match="start must be one of"):
+    with pytest.raises(si.SparseInferError, match="'start': input should be 'encoder' or 'cold'; got 'warm'"):
         si.create("ito", dim=8, n_latents=16, start="warm")
     with pytest.raises(si.SparseInferError, match="unknown encoder 'nope'"):
         si.create("ito", dim=8, n_latents=16, init="nope")

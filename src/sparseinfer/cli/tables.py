@@ -14,7 +14,7 @@ from rich.console import Console
 from rich.table import Table
 
 from sparseinfer.encoders import available, get
-from sparseinfer.encoders.base import hyperparameters
+from sparseinfer.encoders.base import describe
 from sparseinfer.evaluation.inference import InferenceReport
 from sparseinfer.evaluation.matched import MATCHED_METRICS
 from sparseinfer.evaluation.refine import RefineResult
@@ -45,14 +45,13 @@ def _default(value: Any) -> str:
 
 
 def encoder_table() -> Table:
-    """Every registered encoder: name, kind, one-line description, hyperparameters with defaults."""
-    table = Table(title="registered encoders")
+    """Every registered encoder: name, kind, one-line description, and its declared hyperparameters (one a line:
+    name=default, type, description)."""
+    table = Table(title="registered encoders", show_lines=True)
     for column in ("name", "kind", "description", "hyperparameters"):
         table.add_column(column, overflow="fold")
     for name in available():
-        params = ", ".join(
-            f"{k}={_default(v)}" for k, v in hyperparameters(name).items() if k not in ("dim", "n_latents")
-        )
+        params = "\n".join(f"{h.name}={_default(h.default)} ({h.type}) {h.description}" for h in describe(name))
         cls = get(name)
         table.add_row(name, cls.kind, cls.summary, params)
     return table

@@ -173,7 +173,8 @@ class ActiveSetLasso:
         # retry: drop the wrong-signed new coordinates (all but the worst violator if it is wrong too); z stays
         top_hot = torch.zeros_like(s.new).scatter_(1, s.top[:, None], True)
         top_bad = bad_new.gather(1, s.top[:, None]).squeeze(1) | failed
-        keep_new = torch.where(top_bad[:, None], top_hot, s.new & ~bad_new) & s.active
+        lost = self._not_violating(s, top_bad)
+        keep_new = torch.where(top_bad[:, None], top_hot, s.new & ~bad_new) & s.active & ~lost[:, None]
         s.active &= ~(retry[:, None] & s.new & ~keep_new)
         # move along the direction up to the first sign flip of an old coordinate (or `reach`)
         crossing = s.active & ~s.new & (s.sign * direction < 0) & ~retry[:, None]
@@ -185,7 +186,21 @@ class ActiveSetLasso:
         s.active &= ~hit
         move = ~retry
         s.new = torch.where(move[:, None], False, keep_new)
-        return move & ~hit.any(1) & ~single
+        return (move & ~hit.any(1) & ~single) | lost
+
+    def _not_violating(self, s: _State, top_bad: Tensor) -> Tensor:
+        """Rows whose wrong-signed `top` is no KKT violator at z, so it cannot enter alone (only a warm start's
+        guessed support, whose top is its largest code, not a violator): they drop all new coordinates and go back
+        to their stationary point, where `_check` adds violators. Without this, such a row retries forever."""
+        lost = torch.zeros_like(top_bad)
+        rows = top_bad.nonzero().squeeze(1)
+        if rows.numel() == 0:
+            return lost
+        top = s.top[rows, None]
+        column = s.gram[rows].gather(2, top[:, :, None].expand(-1, s.gram.shape[1], 1)).squeeze(2)
+        c = s.b[rows].gather(1, top).squeeze(1) - (s.z[rows] * column).sum(1)
+        lost[rows] = ~(self._score(c) > self.penalty)
+        return lost
 
     def _null_direction(self, s: _State, rows: Tensor) -> tuple[Tensor, Tensor]:
         """Descent direction keeping the old stationarity when the one new atom lies in the old atoms' span.

@@ -9,16 +9,34 @@ from __future__ import annotations
 from collections.abc import Iterator
 
 import torch
+from pydantic import Field, StrictBool, StrictInt
 from torch import Tensor
 
 from sparseinfer.encoders._support import refit_with_sizes
-from sparseinfer.encoders.base import Diagnostics, IterativeEncoder
+from sparseinfer.encoders.base import Diagnostics, EncoderConfig, IterativeEncoder
 from sparseinfer.errors import SparseInferError
 from sparseinfer.flops import proximal as flops
 from sparseinfer.flops.primitives import Flops
 from sparseinfer.validation import check_count, check_finite, check_positive
 
 Iterates = Iterator[tuple[Tensor, Tensor]]
+
+
+class LassoConfig(EncoderConfig):
+    """Hyperparameters of every Lasso solver: 1/2 ||x - s D||^2 + penalty ||s||_1 per sample."""
+
+    penalty: float = Field(0.01, description="L1 weight of the per-sample Lasso (> 0)")
+    max_iter: StrictInt = Field(1000, description="iteration (active set: round) limit")
+    tol: float = Field(1e-5, description="stopping tolerance (relative change; active set: KKT slack)")
+    nonneg: StrictBool = Field(False, description="constrain codes to s >= 0")
+    debias: StrictBool = Field(False, description="refit least squares on the support found")
+
+
+class ProximalConfig(LassoConfig):
+    """A proximal-gradient solver's hyperparameters: the Lasso's plus its step and stopping check."""
+
+    step_size: float | None = Field(None, description="gradient step (None: 1/L, L = ||D||_2^2)")
+    check_every: StrictInt = Field(10, description="iterations between convergence checks")
 
 
 def shrink(v: Tensor, threshold: float | Tensor, nonneg: bool) -> Tensor:

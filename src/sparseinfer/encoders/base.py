@@ -3,15 +3,22 @@
 An encoder infers codes for signals given a dictionary: `encoder(x, dictionary) -> codes`.
 Amortised encoders own parameters and read only the dictionary's shape and bias; iterative encoders own
 only hyperparameters and solve against the dictionary. Adding an encoder is one file plus `@register`.
+
+Each encoder class declares its hyperparameters once, as a typed pydantic model `Config` (a subclass of
+`EncoderConfig`, next to the class). The constructor takes exactly the config's fields, validates them through it
+(`configure`) and keeps the result as `encoder.config`; the registry (`create`, `hyperparameters`), the CLI's table
+and the file formats (`encoder_config`) all read that one description.
 """
 
 from __future__ import annotations
 
 import inspect
 from dataclasses import dataclass
-from typing import Any, ClassVar
+from types import UnionType
+from typing import Annotated, Any, ClassVar, Literal, Union, get_args, get_origin
 
 import torch
+from pydantic import BaseModel, ConfigDict, ValidationError
 from torch import Tensor, nn
 
 from sparseinfer.codes import Codes
@@ -20,14 +27,49 @@ from sparseinfer.errors import SparseInferError
 from sparseinfer.validation import check_signals
 
 _REGISTRY: dict[str, type[Encoder]] = {}
+SHAPE_ARGS = ("dim", "n_latents")
+
+
+class EncoderConfig(BaseModel):
+    """Base of every encoder's hyperparameters: typed fields with defaults and descriptions, unknown keys refused.
+
+    Frozen, so an encoder's config changes only through the encoder (see `Encoder.__setattr__`). Integers and
+    booleans are declared strict (`StrictInt`, `StrictBool`: 1 is no bool, True no count); floats accept integers.
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+@dataclass(frozen=True)
+class Hyperparameter:
+    """One declared hyperparameter, as the CLI's table shows it."""
+
+    name: str
+    type: str
+    default: Any
+    description: str
 
 
 class Encoder(nn.Module):
-    """Maps signals (batch, dim) to codes (batch, n_latents) or `SparseCodes`, given a dictionary."""
+    """Maps signals (batch, dim) to codes (batch, n_latents) or `SparseCodes`, given a dictionary.
+
+    `config` holds the validated hyperparameters the encoder was built with (its class's `Config`); setting an
+    attribute that is a config field (e.g. `encoder.sparse_output = True`) updates the config too, so that what a
+    file stores is what the encoder does.
+    """
 
     name: ClassVar[str] = ""
     kind: ClassVar[str] = "amortised"  # "amortised" | "iterative" | "hybrid" | "learned-iterative"
     summary: ClassVar[str] = ""
+    Config: ClassVar[type[EncoderConfig]] = EncoderConfig
+    shape: ClassVar[Literal["required", "optional", "none"]] = "required"  # does __init__ take dim and n_latents?
+    config: EncoderConfig
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        config = self.__dict__.get("config")
+        if config is not None and name != "config" and name in type(config).model_fields:
+            self.__dict__["config"] = _validate(self.name, type(config), {**config.model_dump(), name: value})
+        super().__setattr__(name, value)
 
     def forward(self, x: Tensor, dictionary: Dictionary) -> Codes:  # pragma: no cover - interface
         raise NotImplementedError
@@ -83,6 +125,7 @@ class IterativeEncoder(Encoder):
     """
 
     kind: ClassVar[str] = "iterative"
+    shape: ClassVar[Literal["required", "optional", "none"]] = "none"
 
     def __init__(self) -> None:
         super().__init__()
@@ -131,11 +174,66 @@ def get(name: str) -> type[Encoder]:
         raise SparseInferError(f"unknown encoder {name!r}; known encoders: {', '.join(available())}") from None
 
 
+def _validate(name: str, model: type[EncoderConfig], values: dict[str, Any]) -> EncoderConfig:
+    """`values` validated by `model`, or a one-line error naming the encoder, the key and what was expected."""
+    _check_keys(name, model, values)
+    try:
+        return model.model_validate(values)
+    except ValidationError as err:
+        first = err.errors()[0]
+        key = ".".join(str(part) for part in first["loc"]) or "config"
+        raise SparseInferError(
+            f"encoder {name!r} hyperparameter {key!r}: {first['msg'].lower()}; got {first.get('input')!r}"
+        ) from None
+
+
+def _check_keys(name: str, model: type[EncoderConfig], values: dict[str, Any]) -> None:
+    unknown = sorted(set(values) - set(model.model_fields))
+    if unknown:
+        raise SparseInferError(
+            f"encoder {name!r} has no hyperparameter(s) {unknown}; it accepts {sorted(model.model_fields)}"
+        )
+
+
+def configure(cls: type[Encoder], arguments: dict[str, Any]) -> EncoderConfig:
+    """Validate a constructor's arguments (its `locals()`) through `cls.Config`; the result is what `cls` records.
+
+    Constructor parameters that are not config fields (`self`, `dim`, `n_latents`) are ignored; a test checks that
+    every registered constructor's other parameters are exactly its config's fields, with the same defaults.
+    """
+    fields = cls.Config.model_fields
+    return _validate(cls.name, cls.Config, {k: v for k, v in arguments.items() if k in fields})
+
+
 def hyperparameters(name: str) -> dict[str, Any]:
-    """Constructor arguments of an encoder with their defaults (`inspect.Parameter.empty` if required)."""
-    params = inspect.signature(get(name).__init__).parameters
-    plain = (inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY)
-    return {k: p.default for k, p in params.items() if k != "self" and p.kind in plain}
+    """An encoder's hyperparameters (its config's fields, not dim/n_latents) with their defaults
+    (`inspect.Parameter.empty` if required)."""
+    fields = get(name).Config.model_fields
+    return {k: inspect.Parameter.empty if f.is_required() else f.get_default(call_default_factory=True)
+            for k, f in fields.items()}  # fmt: skip
+
+
+def describe(name: str) -> list[Hyperparameter]:
+    """An encoder's declared hyperparameters: name, type, default and description (for the CLI's table)."""
+    fields = get(name).Config.model_fields
+    defaults = hyperparameters(name)
+    return [Hyperparameter(k, _type_name(f.annotation), defaults[k], f.description or "") for k, f in fields.items()]
+
+
+def _type_name(annotation: Any) -> str:
+    """A short readable type: `int`, `float | None`, `list[int]`, `'relu' | 'topk'` (strictness markers dropped)."""
+    origin, args = get_origin(annotation), get_args(annotation)
+    if origin is Annotated:
+        return _type_name(args[0])
+    if origin is Literal:
+        return " | ".join(repr(a) for a in args)
+    if origin in (Union, UnionType):
+        return " | ".join(_type_name(a) for a in args)
+    if origin is not None:
+        return f"{origin.__name__}[{', '.join(_type_name(a) for a in args)}]"
+    if annotation is type(None):
+        return "None"
+    return annotation.__name__ if isinstance(annotation, type) else str(annotation).removeprefix("typing.")
 
 
 def needs_k(name: str) -> bool:
@@ -146,37 +244,31 @@ def needs_k(name: str) -> bool:
 
 
 def create(name: str, dim: int | None = None, n_latents: int | None = None, **hparams: Any) -> Encoder:
-    """Build an encoder by name; `dim` and `n_latents` are passed only to encoders that take them."""
+    """Build an encoder by name; `dim` and `n_latents` are passed only to encoders that take them.
+
+    Hyperparameters are validated by the encoder's `Config` (unknown keys and wrong types: `SparseInferError`)."""
     cls = get(name)
-    accepted = hyperparameters(name)
-    unknown = sorted(set(hparams) - set(accepted))
-    if unknown:
-        raise SparseInferError(f"encoder {name!r} has no hyperparameter(s) {unknown}; it accepts {sorted(accepted)}")
-    shape = {"dim": dim, "n_latents": n_latents}
-    for key, value in shape.items():
-        if key in accepted:
-            if value is None:
+    _check_keys(name, cls.Config, hparams)
+    shape: dict[str, Any] = {}
+    if cls.shape != "none":
+        for key, value in zip(SHAPE_ARGS, (dim, n_latents), strict=True):
+            if value is None and cls.shape == "required":
                 raise SparseInferError(f"encoder {name!r} needs {key}")
-            hparams[key] = value
+            shape[key] = value
     try:
-        return cls(**hparams)
+        return cls(**shape, **hparams)
     except TypeError as err:
         raise SparseInferError(f"encoder {name!r}: {err}") from None
 
 
 def encoder_config(encoder: Encoder) -> dict[str, Any]:
-    """The encoder's hyperparameters (constructor arguments but dim and n_latents) as JSON values: what a file
+    """The encoder's hyperparameters (its validated config, as given or defaulted) as JSON values: what a file
     stores so that `create(encoder.name, dim=..., n_latents=..., **config)` rebuilds the same encoder."""
-    out: dict[str, Any] = {}
-    for name in hyperparameters(encoder.name):
-        if name in ("dim", "n_latents"):
-            continue
-        for attr in (name, f"has_{name}"):
-            value = getattr(encoder, attr, None)
-            if value is not None and not isinstance(value, torch.Tensor | torch.nn.Module):
-                out[name] = value
-                break
-    return out
+    config = encoder.__dict__.get("config")
+    if not isinstance(config, EncoderConfig):
+        reason = encoder.__dict__.get("no_config_reason", "its constructor does not record one (see `configure`)")
+        raise SparseInferError(f"encoder {encoder.name or type(encoder).__name__!r} carries no config: {reason}")
+    return config.model_dump(mode="json")
 
 
 def _load_builtin() -> None:

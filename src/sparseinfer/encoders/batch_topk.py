@@ -5,12 +5,13 @@ activation) that eval mode applies per sample, so inference does not depend on t
 from __future__ import annotations
 
 import torch
+from pydantic import Field, StrictInt
 from torch import Tensor
 
 from sparseinfer.dictionary import Dictionary
 from sparseinfer.encoders._activations import batch_topk
-from sparseinfer.encoders.base import register
-from sparseinfer.encoders.relu import ReLUEncoder
+from sparseinfer.encoders.base import configure, register
+from sparseinfer.encoders.relu import LinearConfig, ReLUEncoder
 from sparseinfer.errors import SparseInferError
 from sparseinfer.flops import amortised
 from sparseinfer.validation import check_k
@@ -29,6 +30,10 @@ class BatchTopKEncoder(ReLUEncoder):
 
     threshold: Tensor
 
+    class Config(LinearConfig):
+        k: StrictInt = Field(3, description="average latents kept per sample (k * batch over the batch)")
+        momentum: float = Field(0.01, description="weight of the newest batch in the threshold's running average")
+
     def __init__(
         self,
         dim: int,
@@ -38,13 +43,15 @@ class BatchTopKEncoder(ReLUEncoder):
         subtract_bias: bool = True,
         momentum: float = 0.01,
     ) -> None:
-        check_k(k, n_latents)
-        if not 0 < momentum <= 1:
-            raise SparseInferError(f"batch_topk momentum must be in (0, 1], got {momentum}")
-        super().__init__(dim, n_latents, bias=bias, subtract_bias=subtract_bias)
-        self.k = k
-        self.momentum = momentum
+        config = configure(BatchTopKEncoder, locals())
+        check_k(config.k, n_latents)
+        if not 0 < config.momentum <= 1:
+            raise SparseInferError(f"batch_topk momentum must be in (0, 1], got {config.momentum}")
+        super().__init__(dim, n_latents, bias=config.bias, subtract_bias=config.subtract_bias)
+        self.k = config.k
+        self.momentum = config.momentum
         self.register_buffer("threshold", torch.tensor(float("nan")))
+        self.config = config
 
     @property
     def has_threshold(self) -> bool:

@@ -6,15 +6,16 @@ import functools
 from collections.abc import Callable
 
 import torch
+from pydantic import Field, StrictBool, StrictInt
 from torch import Tensor
 
-from sparseinfer.encoders._active_set import ActiveSetLasso, Trace
-from sparseinfer.encoders._proximal import GradientStep, Iterates, ProximalEncoder, shrink
-from sparseinfer.encoders._support import refit_with_sizes
-from sparseinfer.encoders.base import register
+from sparseinfer.encoders._active_set import Trace
+from sparseinfer.encoders._proximal import GradientStep, Iterates, ProximalConfig, ProximalEncoder, shrink
+from sparseinfer.encoders.base import configure, register
+from sparseinfer.encoders.lasso import ExactLasso
 from sparseinfer.flops import proximal as flops
 from sparseinfer.flops.primitives import Flops
-from sparseinfer.validation import check_count, check_finite
+from sparseinfer.validation import check_count
 
 
 def momentum_update(
@@ -39,7 +40,7 @@ def compiled_momentum_update() -> Callable[..., tuple[Tensor, Tensor, Tensor]]:
 
 
 @register
-class FISTAEncoder(ProximalEncoder):
+class FISTAEncoder(ExactLasso, ProximalEncoder):
     """FISTA: ISTA's step taken at y = s_t + beta_t (s_t - s_{t-1}), the Nesterov extrapolation.
 
     Minimises per sample 1/2 ||x - s D||^2 + penalty ||s||_1 (scikit-learn's `sparse_encode` convention, no 1/n:
@@ -51,13 +52,10 @@ class FISTAEncoder(ProximalEncoder):
     iterations), max over samples of ||s_t - s_{t-1}|| / ||s_t|| < `tol`. `debias` refits least squares on the
     support found.
 
-    `active_set=True` replaces the iterations by an exact active-set solver (see `_active_set`): screen each
-    sample's `working_set` atoms by |x D^T|, solve the Lasso on them by sign-constrained Cholesky steps, verify KKT
-    on the full dictionary and add violators, growing the working set as needed. It returns the Lasso optimum to
-    |d_j^T r| <= penalty (1 + tol) for every inactive atom (`max_iter` bounds its rounds; step_size, check_every
-    and restart are unused). Turn it on when codes are sparse (support much smaller than dim and n_latents): it
-    costs about one product with the dictionary per KKT round instead of two per FISTA iteration, and its result
-    does not depend on a stopping tolerance. Off by default so that published results stay unchanged.
+    `active_set=True` replaces the iterations by the exact active-set solver of the `lasso` encoder (the same
+    codes; `max_iter` bounds its rounds, `tol` is its KKT slack; step_size, check_every, restart and compile are
+    unused). Prefer `lasso` itself; the flag stays for existing configs. Off by default so that published results
+    stay unchanged.
 
     `compile=True` runs each iteration through `torch.compile` (its ~8 element-wise passes fused into one kernel):
     worth it for many calls on small problems, where those passes and not the products dominate; the first call
@@ -66,6 +64,12 @@ class FISTAEncoder(ProximalEncoder):
 
     name = "fista"
     summary = "FISTA: accelerated proximal gradient on the Lasso (sparse coding)"
+
+    class Config(ProximalConfig):
+        restart: StrictBool = Field(True, description="reset a sample's momentum when it points uphill")
+        active_set: StrictBool = Field(False, description="run the exact active-set solver instead (see `lasso`)")
+        working_set: StrictInt = Field(8, description="with active_set: atoms screened per sample at first")
+        compile: StrictBool = Field(False, description="fuse each iteration with torch.compile")
 
     def __init__(
         self,
@@ -81,49 +85,26 @@ class FISTAEncoder(ProximalEncoder):
         working_set: int = 8,
         compile: bool = False,
     ) -> None:
-        super().__init__(penalty, max_iter, tol, nonneg, debias, step_size, check_every)
-        self.restart = bool(restart)
-        self.compile = bool(compile)
-        self.active_set = bool(active_set)
-        self.working_set = check_count(working_set, "working_set")
+        c = configure(FISTAEncoder, locals())
+        super().__init__(c.penalty, c.max_iter, c.tol, c.nonneg, c.debias, c.step_size, c.check_every)
+        self.restart = c.restart
+        self.compile = c.compile
+        self.active_set = c.active_set
+        self.working_set = check_count(c.working_set, "working_set")
         self._trace: Trace | None = None
+        self.config = c
 
     def solve(self, x: Tensor, atoms: Tensor, init: Tensor | None) -> Tensor:
         """FISTA iterations, or with `active_set` the exact active-set solver (warm start: init's support first)."""
-        if not self.active_set:
-            return super().solve(x, atoms, init)
-        self._warm = init is not None
-        if init is not None:
-            init = check_finite(init, "warm-start codes").to(dtype=x.dtype, device=x.device)
-        solver = ActiveSetLasso(self.penalty, self.nonneg, self.working_set, self.tol, self.max_iter)
-        codes, self.diagnostics = solver.solve(x, atoms, init)
-        self._trace = solver.trace
-        if self.debias:
-            codes, self._support_sizes = refit_with_sizes(x, atoms, codes, self.nonneg)
-        return codes
+        if self.active_set:
+            return self.exact_solve(x, atoms, init)
+        return super().solve(x, atoms, init)
 
     def flops(self, batch: int, dim: int, n_latents: int) -> Flops:
-        """FLOPs of the last call; with `active_set` from its trace (before any call: one round on W, one check)."""
-        if not self.active_set:
-            return super().flops(batch, dim, n_latents)
-        full_gram = n_latents * n_latents <= ActiveSetLasso.GRAM_ENTRIES
-        size = min(self.working_set, n_latents)
-        trace = self._trace or Trace(batch, full_gram, [(batch, size)], [(batch, size)] * 2, [(batch, size)])
-        total = flops.active_set(
-            batch,
-            dim,
-            n_latents,
-            trace.full_gram,
-            trace.solves,
-            trace.window_checks,
-            trace.kkt_checks,
-            trace.gram_blocks,
-            trace.null_steps,
-        )
-        if self.debias:
-            sizes = self._support_sizes if self._support_sizes is not None else [min(dim, n_latents)]
-            total += flops.refit(batch, dim, sizes)
-        return total
+        """FLOPs of the last call; with `active_set` those of the exact solver (see `lasso`)."""
+        if self.active_set:
+            return self.exact_flops(batch, dim, n_latents)
+        return super().flops(batch, dim, n_latents)
 
     def _iterates(self, step: GradientStep, codes: Tensor, rate: float) -> Iterates:
         threshold: float | Tensor = rate * self.penalty

@@ -21,21 +21,21 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
+from typing import Literal
 
 import torch
+from pydantic import Field, StrictBool, StrictInt
 from torch import Tensor, nn
 
 from sparseinfer.encoders._proximal import relative_change
 from sparseinfer.encoders._support import refit_with_sizes
-from sparseinfer.encoders.base import Diagnostics, IterativeEncoder, register
+from sparseinfer.encoders.base import Diagnostics, EncoderConfig, IterativeEncoder, configure, register
 from sparseinfer.errors import SparseInferError
 from sparseinfer.flops import optimisation, proximal
 from sparseinfer.flops.primitives import Flops
 from sparseinfer.validation import check_count, check_finite, check_positive
 
 StepCallback = Callable[[int, Tensor], None]
-OPTIMISERS = ("adam", "sgd")
-PARAMETERISATIONS = ("exp", "relu", "none")
 
 
 def study_objective(x: Tensor, codes: Tensor, atoms: Tensor, penalty: float) -> Tensor:
@@ -53,24 +53,32 @@ def study_penalty(lam: float, dim: int, n_latents: int) -> float:
     return lam * 2 * n_latents / dim
 
 
-def _choice(value: str, options: tuple[str, ...], name: str) -> str:
-    if value not in options:
-        raise SparseInferError(f"{name} must be one of {', '.join(options)}; got {value!r}")
-    return value
-
-
 @register
 class GradientEncoder(IterativeEncoder):
     """Adam/SGD on the codes of each sample (see the module docstring for the objective and parameterisations).
 
     Stops after `max_iter` steps, or earlier when max over samples of ||s_t - s_{t-1}|| / ||s_t|| < `tol` (checked
     every step when tol > 0). `debias` then refits least squares on the support {s > `support_threshold`}
-    (non-negative unless parameterisation is "none"). `on_step(step, codes)` is called every `log_every` steps
-    with the current (detached) codes, for training curves.
+    (non-negative unless parameterisation is "none"). `on_step(step, codes)`, an attribute (a live hook, not a
+    hyperparameter: set it after construction), is called every `log_every` steps with the current (detached)
+    codes, for training curves.
     """
 
     name = "gradient"
     summary = "inference-time optimisation: Adam/SGD on (exp-parameterised) codes, reconstruction + L1 loss"
+
+    class Config(EncoderConfig):
+        optimiser: Literal["adam", "sgd"] = Field("adam", description="optimiser of the codes")
+        lr: float = Field(1e-3, description="learning rate (> 0)")
+        max_iter: StrictInt = Field(1000, description="optimisation steps (at most)")
+        tol: float = Field(0.0, description="stop when the worst relative change is below (0: never)")
+        penalty: float = Field(0.01, description="the study's L1 weight (on mean |s|)")
+        parameterisation: Literal["exp", "relu", "none"] = Field("exp", description="s = exp(u), max(u, 0) or u")
+        init_log: float = Field(-10.0, description="cold start: every code is exp(init_log)")
+        eps: float = Field(1e-6, description="warm start: the value given to zero codes")
+        debias: StrictBool = Field(False, description="refit least squares on the support found")
+        support_threshold: float = Field(1e-3, description="with debias: codes above it form the support")
+        log_every: StrictInt = Field(100, description="steps between on_step calls")
 
     def __init__(
         self,
@@ -85,25 +93,26 @@ class GradientEncoder(IterativeEncoder):
         debias: bool = False,
         support_threshold: float = 1e-3,
         log_every: int = 100,
-        on_step: StepCallback | None = None,
     ) -> None:
+        c = configure(GradientEncoder, locals())
         super().__init__()
-        self.optimiser = _choice(optimiser, OPTIMISERS, "optimiser")
-        self.parameterisation = _choice(parameterisation, PARAMETERISATIONS, "parameterisation")
-        self.lr = float(check_positive(lr, "lr"))
-        self.max_iter = check_count(max_iter, "max_iter")
-        self.tol = float(check_positive(tol, "tol", allow_zero=True))
-        self.penalty = float(check_positive(penalty, "penalty", allow_zero=True))
-        if not math.isfinite(init_log):
-            raise SparseInferError(f"init_log must be finite, got {init_log}")
-        self.init_log = float(init_log)
-        self.eps = float(check_positive(eps, "eps"))
-        self.debias = bool(debias)
-        self.support_threshold = float(check_positive(support_threshold, "support_threshold", allow_zero=True))
-        self.log_every = check_count(log_every, "log_every")
-        self.on_step = on_step
+        self.optimiser = c.optimiser
+        self.parameterisation = c.parameterisation
+        self.lr = float(check_positive(c.lr, "lr"))
+        self.max_iter = check_count(c.max_iter, "max_iter")
+        self.tol = float(check_positive(c.tol, "tol", allow_zero=True))
+        self.penalty = float(check_positive(c.penalty, "penalty", allow_zero=True))
+        if not math.isfinite(c.init_log):
+            raise SparseInferError(f"init_log must be finite, got {c.init_log}")
+        self.init_log = c.init_log
+        self.eps = float(check_positive(c.eps, "eps"))
+        self.debias = c.debias
+        self.support_threshold = float(check_positive(c.support_threshold, "support_threshold", allow_zero=True))
+        self.log_every = check_count(c.log_every, "log_every")
+        self.on_step: StepCallback | None = None
         self._warm = False
         self._support_sizes: list[int] | None = None
+        self.config = c
 
     def codes_of(self, u: Tensor) -> Tensor:
         """Codes from the free parameters."""

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from torch import Tensor
 
-from sparseinfer.encoders._proximal import GradientStep, Iterates, ProximalEncoder, shrink
-from sparseinfer.encoders.base import register
+from sparseinfer.encoders._proximal import GradientStep, Iterates, ProximalConfig, ProximalEncoder, shrink
+from sparseinfer.encoders.base import configure, register
 from sparseinfer.flops import proximal as flops
 from sparseinfer.flops.primitives import Flops
 
@@ -24,6 +24,7 @@ class ISTAEncoder(ProximalEncoder):
 
     name = "ista"
     summary = "ISTA: proximal gradient on the Lasso (sparse coding)"
+    Config = ProximalConfig
 
     def __init__(
         self,
@@ -35,7 +36,9 @@ class ISTAEncoder(ProximalEncoder):
         step_size: float | None = None,
         check_every: int = 10,
     ) -> None:
-        super().__init__(penalty, max_iter, tol, nonneg, debias, step_size, check_every)
+        c = configure(ISTAEncoder, locals())
+        super().__init__(c.penalty, c.max_iter, c.tol, c.nonneg, c.debias, c.step_size, c.check_every)
+        self.config = c
 
     def _iterates(self, step: GradientStep, codes: Tensor, rate: float) -> Iterates:
         threshold = rate * self.penalty

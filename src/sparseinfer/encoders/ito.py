@@ -5,24 +5,46 @@ Forward: codes0 = encoder(x, D) (densified), then refiner(x, D, init=codes0). Tw
 - "cold": the refiner starts cold (for the default `gradient` refiner, u = init_log = -10 everywhere), ignoring
   the encoder, which reproduces the original study's defect. The encoder is then neither run nor counted.
 FLOPs: the encoder's plus the refiner's, for the iterations the refiner actually ran on the last call.
+
+Config: `init` and `refiner` are registered names and `init_kwargs` / `refiner_kwargs` their full configs (what
+`encoder_config` of each inner encoder gives), also when they were passed as instances: `create("ito", **config)`
+rebuilds the same structure, and the trained weights of an instance `init` are in the ITO's state dict
+(`encoder.*`), so a file stores them.
 """
 
 from __future__ import annotations
 
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Literal
 
 import torch
+from pydantic import Field
 from torch import Tensor
 
 from sparseinfer.codes import as_dense
 from sparseinfer.dictionary import Dictionary
-from sparseinfer.encoders.base import Diagnostics, Encoder, IterativeEncoder, available, create, get, register
+from sparseinfer.encoders.base import (
+    Diagnostics,
+    Encoder,
+    EncoderConfig,
+    IterativeEncoder,
+    available,
+    configure,
+    create,
+    encoder_config,
+    get,
+    register,
+)
 from sparseinfer.errors import SparseInferError
 
 START_MODES: dict[str, str] = {
     "encoder": "warm start from the encoder's codes (intended method)",
     "cold": "cold start ignoring the encoder (the original study's defect, u = -10)",
 }
+
+
+def _name_of(value: Any) -> Any:
+    """An Encoder instance stands for its registered name in the config."""
+    return value.name if isinstance(value, Encoder) else value
 
 
 def refiner_names() -> list[str]:
@@ -37,6 +59,16 @@ class ITOEncoder(Encoder):
     name = "ito"
     kind: ClassVar[str] = "hybrid"
     summary = "inference-time optimisation: any encoder's codes refined by an iterative solver (default Adam)"
+    shape: ClassVar[Literal["required", "optional", "none"]] = "optional"
+
+    class Config(EncoderConfig):
+        init: str = Field("relu", description="the warm-start encoder's registered name (or an Encoder instance)")
+        refiner: str = Field("gradient", description="the iterative refiner's registered name (or an instance)")
+        init_kwargs: dict[str, Any] | None = Field(None, description="the init encoder's hyperparameters")
+        refiner_kwargs: dict[str, Any] | None = Field(None, description="the refiner's hyperparameters")
+        start: Literal["encoder", "cold"] = Field(
+            "encoder", description="; ".join(f"{k!r}: {v}" for k, v in START_MODES.items())
+        )
 
     def __init__(
         self,
@@ -48,13 +80,22 @@ class ITOEncoder(Encoder):
         refiner_kwargs: dict[str, Any] | None = None,
         start: str = "encoder",
     ) -> None:
+        named = {**locals(), "init": _name_of(init), "refiner": _name_of(refiner)}
+        configure(ITOEncoder, named)  # types of the arguments (instances stand for their names)
         super().__init__()
-        if start not in START_MODES:
-            modes = "; ".join(f"{k!r}: {v}" for k, v in START_MODES.items())
-            raise SparseInferError(f"start must be one of {modes}; got {start!r}")
         self.start = start
         self.encoder = self._build_encoder(init, dim, n_latents, init_kwargs)
         self.refiner = self._build_refiner(refiner, dim, n_latents, refiner_kwargs)
+        self._record()
+
+    def _record(self) -> None:
+        """Keep as config the inner encoders' names and full configs (when they carry one, as registered ones do)."""
+        try:
+            inner = {"init_kwargs": encoder_config(self.encoder), "refiner_kwargs": encoder_config(self.refiner)}
+        except SparseInferError as err:  # a custom inner encoder without a config: `encoder_config(self)` says so
+            self.no_config_reason = f"its inner {err}"
+            return
+        self.config = self.Config(init=self.encoder.name, refiner=self.refiner.name, start=self.start, **inner)
 
     @classmethod
     def wrap(cls, encoder: Encoder, refiner: str | IterativeEncoder = "gradient", start: str = "encoder") -> ITOEncoder:

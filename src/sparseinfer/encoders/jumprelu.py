@@ -7,12 +7,13 @@ import math
 from typing import Any
 
 import torch
+from pydantic import Field
 from torch import Tensor, nn
 
 from sparseinfer.dictionary import Dictionary
 from sparseinfer.encoders._activations import JumpReLUFunction, StepFunction
-from sparseinfer.encoders.base import register
-from sparseinfer.encoders.relu import ReLUEncoder
+from sparseinfer.encoders.base import configure, register
+from sparseinfer.encoders.relu import LinearConfig, ReLUEncoder
 from sparseinfer.errors import SparseInferError
 from sparseinfer.flops import amortised
 from sparseinfer.validation import check_positive
@@ -29,6 +30,11 @@ class JumpReLUEncoder(ReLUEncoder):
     name = "jumprelu"
     summary = "JumpReLU SAE encoder: linear map, learned per-latent threshold, L0-trained"
 
+    class Config(LinearConfig):
+        threshold_init: float = Field(1e-3, description="initial per-latent threshold (> 0; then learned)")
+        bandwidth: float = Field(1e-3, description="width of the straight-through pseudo-derivatives (> 0)")
+        l0_coefficient: float = Field(0.01, description="weight of the L0 penalty (>= 0)")
+
     def __init__(
         self,
         dim: int,
@@ -39,14 +45,16 @@ class JumpReLUEncoder(ReLUEncoder):
         bias: bool = True,
         subtract_bias: bool = True,
     ) -> None:
-        check_positive(threshold_init, "jumprelu threshold_init")
-        check_positive(bandwidth, "jumprelu bandwidth")
-        check_positive(l0_coefficient, "jumprelu l0_coefficient", allow_zero=True)
-        super().__init__(dim, n_latents, bias=bias, subtract_bias=subtract_bias)
-        self.log_threshold = nn.Parameter(torch.full((n_latents,), math.log(threshold_init)))
-        self.bandwidth = bandwidth
-        self.l0_coefficient = l0_coefficient
+        config = configure(JumpReLUEncoder, locals())
+        check_positive(config.threshold_init, "jumprelu threshold_init")
+        check_positive(config.bandwidth, "jumprelu bandwidth")
+        check_positive(config.l0_coefficient, "jumprelu l0_coefficient", allow_zero=True)
+        super().__init__(dim, n_latents, bias=config.bias, subtract_bias=config.subtract_bias)
+        self.log_threshold = nn.Parameter(torch.full((n_latents,), math.log(config.threshold_init)))
+        self.bandwidth = config.bandwidth
+        self.l0_coefficient = config.l0_coefficient
         self._last: tuple[Tensor, Tensor, Tensor] | None = None
+        self.config = config
 
     def __getstate__(self) -> dict[str, Any]:
         """Drop the last call's tensors (part of an autograd graph), so the encoder can be deep-copied or pickled."""

@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+from pydantic import Field, StrictInt
 from torch import Tensor
 
-from sparseinfer.encoders._proximal import GradientStep, Iterates, ProximalEncoder, shrink
-from sparseinfer.encoders.base import register
+from sparseinfer.encoders._proximal import GradientStep, Iterates, LassoConfig, ProximalEncoder, shrink
+from sparseinfer.encoders.base import configure, register
 from sparseinfer.flops import proximal as flops
 from sparseinfer.flops.primitives import Flops
 from sparseinfer.validation import check_positive
@@ -29,6 +30,11 @@ class LCAEncoder(ProximalEncoder):
     name = "lca"
     summary = "LCA: locally competitive algorithm (sparse coding dynamics)"
 
+    class Config(LassoConfig):
+        tau: float = Field(1.0, description="time constant of the dynamics (> 0)")
+        dt: float | None = Field(None, description="Euler step (None: tau / L)")
+        check_every: StrictInt = Field(10, description="iterations between convergence checks")
+
     def __init__(
         self,
         penalty: float = 0.01,
@@ -40,9 +46,11 @@ class LCAEncoder(ProximalEncoder):
         dt: float | None = None,
         check_every: int = 10,
     ) -> None:
-        super().__init__(penalty, max_iter, tol, nonneg, debias, None, check_every)
-        self.tau = float(check_positive(tau, "tau"))
-        self.dt = None if dt is None else float(check_positive(dt, "dt"))
+        c = configure(LCAEncoder, locals())
+        super().__init__(c.penalty, c.max_iter, c.tol, c.nonneg, c.debias, None, c.check_every)
+        self.tau = float(check_positive(c.tau, "tau"))
+        self.dt = None if c.dt is None else float(check_positive(c.dt, "dt"))
+        self.config = c
 
     def _needs_lipschitz(self) -> bool:
         return self.dt is None

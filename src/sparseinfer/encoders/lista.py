@@ -14,11 +14,12 @@ from typing import ClassVar
 
 import torch
 import torch.nn.functional as F
+from pydantic import Field, StrictBool, StrictInt
 from torch import Tensor, nn
 
 from sparseinfer.dictionary import Dictionary
 from sparseinfer.encoders._proximal import lipschitz_constant
-from sparseinfer.encoders.base import Encoder, register
+from sparseinfer.encoders.base import Encoder, EncoderConfig, configure, register
 from sparseinfer.errors import SparseInferError
 from sparseinfer.flops import optimisation
 from sparseinfer.validation import check_count, check_positive
@@ -37,6 +38,12 @@ class LISTAEncoder(Encoder):
     kind: ClassVar[str] = "learned-iterative"
     summary = "LISTA: unrolled ISTA with learned matrices and thresholds (Gregor & LeCun)"
 
+    class Config(EncoderConfig):
+        n_layers: StrictInt = Field(3, description="unrolled ISTA steps")
+        nonneg: StrictBool = Field(False, description="one-sided thresholds (s >= 0)")
+        tied: StrictBool = Field(True, description="share W and S across layers")
+        threshold: float = Field(0.01, description="initial per-layer threshold (> 0; then learned)")
+
     def __init__(
         self,
         dim: int,
@@ -46,19 +53,21 @@ class LISTAEncoder(Encoder):
         tied: bool = True,
         threshold: float = 0.01,
     ) -> None:
+        c = configure(LISTAEncoder, locals())
         super().__init__()
-        self.n_layers = check_count(n_layers, "n_layers")
+        self.n_layers = check_count(c.n_layers, "n_layers")
         check_count(dim, "dim")
         check_count(n_latents, "n_latents")
-        check_positive(threshold, "threshold")
-        self.nonneg = bool(nonneg)
-        self.tied = bool(tied)
+        threshold = check_positive(c.threshold, "threshold")
+        self.nonneg = c.nonneg
+        self.tied = c.tied
         n_w = 1 if self.tied else self.n_layers
         n_s = min(1, self.n_layers - 1) if self.tied else self.n_layers - 1  # layer 1 has no S
         bound = 1.0 / math.sqrt(dim)
         self.W = nn.Parameter(torch.empty(n_w, n_latents, dim).uniform_(-bound, bound))
         self.S = nn.Parameter(torch.zeros(n_s, n_latents, n_latents))
         self.rho = nn.Parameter(torch.full((self.n_layers,), _inverse_softplus(threshold)))
+        self.config = c
 
     @property
     def thresholds(self) -> Tensor:

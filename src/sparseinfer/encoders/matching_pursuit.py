@@ -10,9 +10,10 @@ correlates (positively, if `nonneg`) with the residual, or when its next pick wo
 from __future__ import annotations
 
 import torch
+from pydantic import Field, StrictBool, StrictInt
 from torch import Tensor
 
-from sparseinfer.encoders.base import Diagnostics, IterativeEncoder, register
+from sparseinfer.encoders.base import Diagnostics, EncoderConfig, IterativeEncoder, configure, register
 from sparseinfer.flops import pursuit
 from sparseinfer.validation import check_k, check_positive
 
@@ -24,17 +25,25 @@ class MatchingPursuitEncoder(IterativeEncoder):
     name = "matching_pursuit"
     summary = "matching pursuit (greedy, one coefficient per step; optional non-negative)"
 
+    class Config(EncoderConfig):
+        max_iter: StrictInt = Field(100, description="greedy steps per sample (at most)")
+        k: StrictInt | None = Field(None, description="distinct atoms per sample (at most; None: no limit)")
+        tol: float = Field(0.0, description="stop a sample once its squared residual norm is <= tol")
+        nonneg: StrictBool = Field(False, description="pick only positively correlated atoms")
+
     def __init__(self, max_iter: int = 100, k: int | None = None, tol: float = 0.0, nonneg: bool = False) -> None:
+        c = configure(MatchingPursuitEncoder, locals())
         super().__init__()
-        check_k(max_iter, max_iter, "max_iter")  # a positive integer
-        if k is not None:
-            check_k(k, k, "k")
-        check_positive(tol, "tol", allow_zero=True)
-        self.max_iter = max_iter
-        self.k = k
-        self.tol = float(tol)
-        self.nonneg = nonneg
+        check_k(c.max_iter, c.max_iter, "max_iter")  # a positive integer
+        if c.k is not None:
+            check_k(c.k, c.k, "k")
+        check_positive(c.tol, "tol", allow_zero=True)
+        self.max_iter = c.max_iter
+        self.k = c.k
+        self.tol = c.tol
+        self.nonneg = c.nonneg
         self._warm = False
+        self.config = c
 
     def solve(self, x: Tensor, atoms: Tensor, init: Tensor | None) -> Tensor:
         n_latents = atoms.shape[0]

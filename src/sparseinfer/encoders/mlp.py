@@ -6,14 +6,17 @@ The study's MLP is linear, ReLU, linear, ReLU with hidden width 32, 256 or 1024 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Literal
 
 import torch
+from pydantic import Field, StrictBool, StrictInt
 from torch import Tensor, nn
 
 from sparseinfer.codes import Codes
 from sparseinfer.dictionary import Dictionary
 from sparseinfer.encoders._activations import check_dictionary, topk_relu
-from sparseinfer.encoders.base import Encoder, register
+from sparseinfer.encoders.base import Encoder, configure, register
+from sparseinfer.encoders.relu import LinearConfig
 from sparseinfer.errors import SparseInferError
 from sparseinfer.flops import amortised
 from sparseinfer.validation import check_k
@@ -28,6 +31,12 @@ class MLPEncoder(Encoder):
     name = "mlp"
     summary = "MLP encoder: linear/ReLU layers of any widths, ReLU or TopK output"
 
+    class Config(LinearConfig):
+        hidden: list[StrictInt] = Field([256], description="hidden layer widths, input to output")
+        activation: Literal["relu", "topk"] = Field("relu", description="output activation")
+        k: StrictInt | None = Field(None, description="latents kept per sample (activation 'topk' only)")
+        sparse_output: StrictBool = Field(False, description="return SparseCodes (activation 'topk' only)")
+
     def __init__(
         self,
         dim: int,
@@ -39,8 +48,10 @@ class MLPEncoder(Encoder):
         subtract_bias: bool = True,
         sparse_output: bool = False,
     ) -> None:
+        config = configure(MLPEncoder, locals())
         super().__init__()
-        hidden = list(hidden)
+        hidden, activation, k = list(config.hidden), config.activation, config.k
+        bias, subtract_bias, sparse_output = config.bias, config.subtract_bias, config.sparse_output
         if not all(isinstance(h, int) and h >= 1 for h in hidden):
             raise SparseInferError(f"mlp hidden widths must be positive integers, got {hidden}")
         if activation not in ACTIVATIONS:
@@ -60,6 +71,7 @@ class MLPEncoder(Encoder):
                 layers.append(nn.ReLU())
         self.net = nn.Sequential(*layers)
         self.has_bias = bias
+        self.config = config
 
     def forward(self, x: Tensor, dictionary: Dictionary) -> Codes:
         self._check(x, dictionary)

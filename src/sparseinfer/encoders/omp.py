@@ -16,9 +16,10 @@ takes one atom first), and already-selected atoms are excluded from the choice (
 from __future__ import annotations
 
 import torch
+from pydantic import Field, StrictBool, StrictInt
 from torch import Tensor
 
-from sparseinfer.encoders.base import Diagnostics, IterativeEncoder, register
+from sparseinfer.encoders.base import Diagnostics, EncoderConfig, IterativeEncoder, configure, register
 from sparseinfer.flops import pursuit
 from sparseinfer.validation import check_k, check_positive
 
@@ -30,14 +31,21 @@ class OMPEncoder(IterativeEncoder):
     name = "omp"
     summary = "orthogonal matching pursuit (greedy, least-squares refit on the support; optional non-negative)"
 
+    class Config(EncoderConfig):
+        k: StrictInt = Field(3, description="atoms selected per sample (at most)")
+        tol: float = Field(0.0, description="stop a sample once its squared residual norm is <= tol")
+        nonneg: StrictBool = Field(False, description="non-negative codes (NNLS refits)")
+
     def __init__(self, k: int = 3, tol: float = 0.0, nonneg: bool = False) -> None:
+        c = configure(OMPEncoder, locals())
         super().__init__()
-        check_k(k, k, "k")  # a positive integer; the bound k <= n_latents is checked against the dictionary
-        check_positive(tol, "tol", allow_zero=True)
-        self.k = k
-        self.tol = float(tol)
-        self.nonneg = nonneg
+        check_k(c.k, c.k, "k")  # a positive integer; the bound k <= n_latents is checked against the dictionary
+        check_positive(c.tol, "tol", allow_zero=True)
+        self.k = c.k
+        self.tol = c.tol
+        self.nonneg = c.nonneg
         self._nnls_solves = 0
+        self.config = c
 
     def solve(self, x: Tensor, atoms: Tensor, init: Tensor | None) -> Tensor:
         n_latents = atoms.shape[0]

@@ -3,13 +3,21 @@
 from __future__ import annotations
 
 import torch
+from pydantic import Field, StrictBool
 from torch import Tensor, nn
 
 from sparseinfer.codes import Codes
 from sparseinfer.dictionary import Dictionary
 from sparseinfer.encoders._activations import check_dictionary, to_sparse
-from sparseinfer.encoders.base import Encoder, register
+from sparseinfer.encoders.base import Encoder, EncoderConfig, configure, register
 from sparseinfer.flops import amortised
+
+
+class LinearConfig(EncoderConfig):
+    """The linear map's hyperparameters, shared by the SAE encoders built on it."""
+
+    bias: StrictBool = Field(True, description="the linear map has a bias (b_enc)")
+    subtract_bias: StrictBool = Field(True, description="centre x by the dictionary bias (b_dec) first")
 
 
 @register
@@ -22,13 +30,18 @@ class ReLUEncoder(Encoder):
     name = "relu"
     summary = "SAE encoder: linear map + ReLU (L1-trained)"
 
+    class Config(LinearConfig):
+        sparse_output: StrictBool = Field(False, description="return SparseCodes (as many entries as the densest row)")
+
     def __init__(
         self, dim: int, n_latents: int, bias: bool = True, subtract_bias: bool = True, sparse_output: bool = False
     ) -> None:
+        config = configure(ReLUEncoder, locals())
         super().__init__()
-        self.linear = nn.Linear(dim, n_latents, bias=bias)
-        self.subtract_bias = subtract_bias
-        self.sparse_output = sparse_output
+        self.linear = nn.Linear(dim, n_latents, bias=config.bias)
+        self.subtract_bias = config.subtract_bias
+        self.sparse_output = config.sparse_output
+        self.config = config
 
     @property
     def has_bias(self) -> bool:

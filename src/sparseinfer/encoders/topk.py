@@ -8,12 +8,13 @@ linear backward; it is the lever that makes big dictionaries (N >> k) train fast
 
 from __future__ import annotations
 
+from pydantic import Field, StrictBool, StrictInt
 from torch import Tensor
 
 from sparseinfer.codes import Codes
 from sparseinfer.dictionary import Dictionary
 from sparseinfer.encoders._activations import topk_linear, topk_relu
-from sparseinfer.encoders.base import register
+from sparseinfer.encoders.base import configure, register
 from sparseinfer.encoders.relu import ReLUEncoder
 from sparseinfer.flops import amortised
 from sparseinfer.validation import check_k
@@ -26,6 +27,10 @@ class TopKEncoder(ReLUEncoder):
     name = "topk"
     summary = "TopK SAE encoder: linear map, keep the k largest (ReLU'd) activations per sample"
 
+    class Config(ReLUEncoder.Config):
+        k: StrictInt = Field(3, description="latents kept per sample (1 <= k <= n_latents)")
+        fused_backward: StrictBool = Field(True, description="sparse backward through the k kept entries only")
+
     def __init__(
         self,
         dim: int,
@@ -36,10 +41,14 @@ class TopKEncoder(ReLUEncoder):
         sparse_output: bool = False,
         fused_backward: bool = True,
     ) -> None:
-        check_k(k, n_latents)
-        super().__init__(dim, n_latents, bias=bias, subtract_bias=subtract_bias, sparse_output=sparse_output)
-        self.k = k
-        self.fused_backward = fused_backward
+        config = configure(TopKEncoder, locals())
+        check_k(config.k, n_latents)
+        super().__init__(
+            dim, n_latents, bias=config.bias, subtract_bias=config.subtract_bias, sparse_output=config.sparse_output
+        )
+        self.k = config.k
+        self.fused_backward = config.fused_backward
+        self.config = config
 
     def forward(self, x: Tensor, dictionary: Dictionary) -> Codes:
         if not self.fused_backward:
