@@ -19,13 +19,22 @@ app = typer.Typer(
     add_completion=False,
     pretty_exceptions_enable=False,
 )
-TARGETS_HELP = "known-codes | known-dictionary | learn-both | all | scaling | theory | ablation-{topk,l1,bias,sklearn}"
+TARGETS_HELP = (
+    "known-codes | known-dictionary | learn-both | all | scaling | theory | ablation-{topk,l1,bias,sklearn} | llm"
+)
 console = terminal()
 Backend = Annotated[str, typer.Option(help="process (local pool) | ray (one Ray task per run)")]
 RayAddress = Annotated[
     str | None,
     typer.Option("--ray-address", "--address", help="with --backend ray: cluster address (default: a local cluster)"),
 ]
+
+
+def _log(message: str) -> None:
+    """A timestamped progress line on stderr (shown in batch-job logs too, not only on a terminal)."""
+    import time
+
+    print(f"[{time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
 
 
 def parse_params(pairs: list[str]) -> dict[str, Any]:
@@ -151,8 +160,26 @@ def reproduce(
     seeds: Annotated[str, typer.Option(help="override the preset's seeds, comma-separated")] = "",
     backend: Backend = "process",
     ray_address: RayAddress = None,
+    llm_url: Annotated[
+        str | None, typer.Option(help="llm: OpenAI-compatible URL for auto-interp (default: a local llama.cpp server)")
+    ] = None,
+    stop_after: Annotated[
+        str | None, typer.Option(help="llm: stop after this stage (data | train | evaluate | interp)")
+    ] = None,
 ) -> None:
-    """Rerun the reference study (../shared/paper-protocol.md) and write results.parquet, report.md and figures."""
+    """Rerun the reference study (../shared/paper-protocol.md) and write results.parquet, report.md and figures.
+
+    `llm` is the language-model part (presets quick | study), resumable stage by stage with --resume."""
+    if target == "llm":
+        from sparseinfer.cli.tables import llm_study_table
+        from sparseinfer.experiments.llm_study import run_llm_study
+
+        run_llm_study(preset, out, resume, base_url=llm_url, progress=_log, stop_after=stop_after)
+        if (out / "results.parquet").exists():
+            console.print(llm_study_table(out / "results.parquet"))
+        if (out / "report.md").exists():
+            console.print(f"[green]report written to {out / 'report.md'}[/green]")
+        return
     from sparseinfer.experiments.reproduce import run_study
 
     extra = [e.strip() for e in encoders.split(",") if e.strip()]
@@ -288,6 +315,9 @@ def evaluate(
     contexts: Annotated[int, typer.Option(min=0, help="held-out contexts for the downstream loss (0: skip)")] = 16,
     infer_with: Annotated[str | None, typer.Option(help="also run this encoder on each learned dictionary")] = None,
     param: Annotated[list[str] | None, typer.Option(help="--infer-with hyperparameter KEY=VALUE")] = None,
+    target_l0: Annotated[
+        str | None, typer.Option(help="e.g. 16,64: calibrate --infer-with per dictionary to each mean L0 (within 5%)")
+    ] = None,
     device: Annotated[str, typer.Option()] = "cpu",
 ) -> None:
     """FVU, L0, dead/dense latents and downstream loss (CE, loss recovered, KL) of trained runs; one table."""
@@ -295,7 +325,13 @@ def evaluate(
     from sparseinfer.evaluation.matched import matched_l0
     from sparseinfer.evaluation.runs import comparison_table, evaluate_runs
 
-    rows = evaluate_runs(runs, store, tokens, contexts, infer_with, parse_params(param or []), device)
+    targets = None
+    if target_l0 is not None:
+        try:
+            targets = [float(t) for t in target_l0.split(",") if t.strip()]
+        except ValueError:
+            raise SparseInferError(f"--target-l0 must be numbers separated by commas, got {target_l0!r}") from None
+    rows = evaluate_runs(runs, store, tokens, contexts, infer_with, parse_params(param or []), device, targets, _log)
     table = comparison_table(rows, out)
     console.print(evaluation_table(table.sort_values(["l0"], kind="stable")))
     console.print(evaluation_table(matched_l0(table), "the same encoders at matched L0"))

@@ -128,3 +128,20 @@ def print_study_tables(summary: pd.DataFrame, console: Console) -> None:
         for row in rows:
             table.add_row(*row)
         console.print(table)
+
+
+LLM_COLUMNS = ("dictionary", "method", "target_l0", "l0", "fvu", "loss_recovered", "kl", "dead_fraction",
+               "inference_flops_per_token")  # fmt: skip
+
+
+def llm_study_table(results: Any) -> Table:
+    """The LLM study's `results.parquet` (a path or a frame): one row per dictionary x method x target."""
+    frame = pd.read_parquet(results) if not isinstance(results, pd.DataFrame) else results
+    table = Table(title="language-model study: every method calibrated to its dictionary's target L0")
+    present = [c for c in LLM_COLUMNS if c in frame]
+    for c in [*present, "error"]:
+        table.add_column(c, justify="left" if c in ("dictionary", "method", "error") else "right")
+    for row in frame.to_dict("records"):
+        cells = [str(row[c]) if isinstance(row[c], str) else _fmt(float(row[c]), 4) for c in present]
+        table.add_row(*cells, str(row.get("error", ""))[:60])
+    return table
