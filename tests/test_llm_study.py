@@ -137,3 +137,16 @@ def test_evaluate_refuses_a_run_at_another_hook(assets, tmp_path) -> None:
     assert [r.get("target_l0") for r in rows] == [None, 2.0, 4.0]
     assert all(abs(r["calibrated_l0"] - r["target_l0"]) <= 0.05 * r["target_l0"] for r in rows[1:])
     assert len(lines) == 6 and lines[0].startswith("evaluate [1/3]")
+
+
+def test_cli_evaluate_with_target_l0_and_progress(assets, tmp_path) -> None:
+    out = tmp_path / "study"
+    run_llm_study(micro(assets), out, stop_after="train")
+    run, store = out / "train" / "relu-l0_4", out / "data" / "test"
+    args = [sys.executable, "-m", "sparseinfer", "evaluate", str(run), "--store", str(store), "--tokens", "64",
+            "--contexts", "0", "--infer-with", "omp", "--target-l0", "2,3"]  # fmt: skip
+    done = subprocess.run(args, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    assert "evaluate [3/3]" in done.stderr and "omp on relu's dictionary" in done.stdout
+    bad = subprocess.run([*args[:-1], "two"], capture_output=True, text=True, timeout=300)
+    assert bad.returncode == 2 and "--target-l0 must be numbers" in bad.stderr
