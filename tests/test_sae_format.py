@@ -139,7 +139,7 @@ def test_export_hook_metadata(tmp_path) -> None:
         "blocks.2.hook_resid_post",
         "model.layers.2",
     )
-    assert "hook_head_index" in meta
+    assert "hook_head_index" in meta and meta["hook_layer"] == 2
     assert save_sparsify(sae, tmp_path / "sp") == tmp_path / "sp" / "layers.2"
     over = json.loads((save_saelens(sae, tmp_path / "o", metadata={"model_name": "x"}) / "cfg.json").read_text())
     assert over["metadata"]["model_name"] == "x"
@@ -181,6 +181,11 @@ def test_save_sae_round_trip_and_errors(tmp_path) -> None:
     with pytest.raises(SparseInferError, match="JSON"):
         save_sae(encoder, dictionary, tmp_path / "c", provenance={"bad": object()})
     cfg = json.loads((tmp_path / "a" / "cfg.json").read_text())
+    v1 = {k: v for k, v in cfg.items() if k not in ("format_version", "input_scale", "metadata")}
+    (tmp_path / "a" / "cfg.json").write_text(json.dumps({**v1, "version": "0.1"}))  # the first layout: no scale
+    old = load_sae(tmp_path / "a")
+    assert old.input_scale == 1.0 and old.provenance == {"sparseinfer_version": "0.1"}
+    torch.testing.assert_close(old.encode(x * 2.5), expected)
     (tmp_path / "a" / "cfg.json").write_text(json.dumps({**cfg, "format_version": 99}))
     with pytest.raises(SparseInferError, match="format_version 99"):
         load_sae(tmp_path / "a")

@@ -97,6 +97,8 @@ def saelens_metadata(provenance: dict[str, Any], metadata: dict[str, Any] | None
         translated = to_saelens_hook(str(hook))
         if translated and translated != hook:
             meta |= {"hook_name": translated, "sparseinfer_hook": hook}
+        if translated:
+            meta.setdefault("hook_layer", int(translated.split(".")[1]))  # older SAEBench versions read it
     return {"sae_lens_version": FORMAT_VERSION, "written_by": "sparseinfer", **meta}
 
 
