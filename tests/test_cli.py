@@ -47,6 +47,23 @@ def test_help_lists_commands():
         assert command in out.stdout
 
 
+def test_version_from_the_script_and_python_m():
+    """`sparseinfer --version` and `python -m sparseinfer --version` print the package's version (the installed
+    distribution's too) and exit 0 without running a command."""
+    import importlib.metadata
+    from pathlib import Path
+
+    import sparseinfer
+
+    assert sparseinfer.__version__ == importlib.metadata.version("sparseinfer")
+    script = Path(sys.executable).parent / "sparseinfer"
+    script_run = subprocess.run([str(script), "--version"], capture_output=True, text=True, timeout=300)
+    for out in (cli("--version"), script_run):
+        assert out.returncode == 0, out.stderr
+        assert out.stdout.strip() == f"sparseinfer {sparseinfer.__version__}"
+    assert "--version" in cli("--help").stdout
+
+
 def test_encoders_lists_every_encoder_with_hyperparameters():
     out = cli("encoders")
     assert out.returncode == 0, out.stderr

@@ -30,6 +30,24 @@ RayAddress = Annotated[
 ]
 
 
+def _print_version(value: bool) -> None:
+    """`--version`: print the installed version and stop before any command runs (an eager option)."""
+    if value:
+        from sparseinfer import __version__
+
+        print(f"sparseinfer {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _options(
+    version: Annotated[
+        bool, typer.Option("--version", callback=_print_version, is_eager=True, help="print the version and exit")
+    ] = False,
+) -> None:
+    """Options of the command itself, before any subcommand."""
+
+
 def _log(message: str) -> None:
     """A timestamped progress line on stderr (shown in batch-job logs too, not only on a terminal)."""
     import time
