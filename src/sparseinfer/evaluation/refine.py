@@ -14,7 +14,6 @@ SAE's. That bisection is a one-off per SAE, not part of inference; its FLOPs are
 
 from __future__ import annotations
 
-import math
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -28,6 +27,7 @@ from sparseinfer.encoders._support import refit_with_sizes
 from sparseinfer.encoders.base import Encoder, IterativeEncoder, create
 from sparseinfer.encoders.gradient import study_penalty
 from sparseinfer.errors import SparseInferError
+from sparseinfer.evaluation.calibrate import bisect_penalty
 from sparseinfer.flops import proximal
 from sparseinfer.io import LoadedSAE, load_sae
 from sparseinfer.metrics import fvu, l0
@@ -137,28 +137,15 @@ def _solver(sae: LoadedSAE, name: str, params: dict[str, Any], penalty: float | 
 def _calibrate(
     sae: LoadedSAE, name: str, params: dict[str, Any], x: Tensor, target: float, steps: int
 ) -> tuple[float, int]:
-    """Bisect log(penalty) so the refiner's mean L0 on `x` is as close as possible to `target`; returns the penalty
-    and the FLOPs every trial run cost (the SAE's encoder counted once for fista/lca, whose warm start is shared)."""
+    """`calibrate.bisect_penalty` for a refiner, all `steps` (no tolerance: as close as it gets): the penalty whose
+    mean L0 on `x` comes closest to `target` and the FLOPs every trial run cost (the SAE's encoder counted once for
+    fista/lca, whose warm start is shared)."""
     dico = sae.dictionary
-    high = float((dico.centre(x) @ dico.atoms.T).abs().max()) + 1e-12  # every Lasso code is zero at this penalty
-    lo, hi = math.log(high * 1e-6), math.log(high)
-    best, best_gap = high, math.inf
     start = sae.codes(x) if name != "ito" else None
-    batch = x.shape[0]
-    spent = 0 if start is None else sae.encoder.inference_flops(batch, dico.dim, dico.n_latents)
-    for _ in range(steps):
-        mid = (lo + hi) / 2
-        solver = _solver(sae, name, params, math.exp(mid))
-        codes = solver(x, dico) if start is None else solver(x, dico, init=start)
-        spent += solver.inference_flops(batch, dico.dim, dico.n_latents)
-        count = l0(as_dense(codes))
-        if abs(count - target) < best_gap:
-            best, best_gap = math.exp(mid), abs(count - target)
-        if count > target:
-            lo = mid
-        else:
-            hi = mid
-    return best, spent
+    spent = 0 if start is None else sae.encoder.inference_flops(x.shape[0], dico.dim, dico.n_latents)
+    build = lambda p: _solver(sae, name, params, p)  # noqa: E731
+    found = bisect_penalty(build, x, dico, target, init=start, tolerance=0.0, max_steps=steps)
+    return found.penalty, spent + found.flops
 
 
 @torch.no_grad()
