@@ -166,3 +166,28 @@ def test_installed_corpora_load():
         assert first.source == name and len(first.text) > 500, name
     assert sum(1 for _ in CORPORA["sotu"]()) == 233
     assert next(CORPORA["brown"]()).meta["genre"] == "news"
+
+
+def test_bfloat16_compute_is_recorded_close_and_not_mixed_on_resume(fake, tiny, tmp_path):
+    import torch
+
+    from sparseinfer.data.store import ActivationStore
+
+    folder, lm = tiny
+    cfg = HarvestConfig(str(folder), ("resid_pre.2",), "english", context_length=8, n_contexts=8,
+                        contexts_per_shard=8, batch_size=4, threads=1)  # fmt: skip
+    threads = torch.get_num_threads()
+    harvest(cfg, tmp_path / "f32", progress=False, model=lm)
+    assert torch.get_num_threads() == threads  # restored
+    low = load_model(str(folder), dtype=torch.bfloat16)
+    harvest(
+        HarvestConfig(**{**cfg.__dict__, "compute_dtype": "bfloat16"}), tmp_path / "bf16", progress=False, model=low
+    )
+    exact, fast = (ActivationStore.open(tmp_path / n) for n in ("f32", "bf16"))
+    assert exact.manifest.model_info["compute_dtype"] == "float32"
+    assert fast.manifest.model_info["compute_dtype"] == "bfloat16"
+    a, b = exact.read_shard(0)["activations"], fast.read_shard(0)["activations"]
+    assert torch.equal(exact.read_shard(0)["token_ids"], fast.read_shard(0)["token_ids"])
+    assert 0 < float((a - b).norm() / a.norm()) < 0.05
+    with pytest.raises(SparseInferError, match="model_info"):
+        harvest(cfg, tmp_path / "bf16", progress=False, model=lm)

@@ -79,7 +79,7 @@ class ActivationStore:
         folder = Path(folder)
         if (folder / MANIFEST).exists():
             old = cls.open(folder).manifest
-            keys = ("model", "hook", "dtype", "dim", "context_length", "bos", "text")
+            keys = ("model", "hook", "dtype", "dim", "context_length", "bos", "text", "model_info")
             if not resume or any(getattr(old, k) != getattr(manifest, k) for k in keys):
                 diff = [k for k in keys if getattr(old, k) != getattr(manifest, k)]
                 why = f"differs in {diff}" if diff else "exists and resume is off"
