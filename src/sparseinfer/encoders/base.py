@@ -213,6 +213,12 @@ def hyperparameters(name: str) -> dict[str, Any]:
             for k, f in fields.items()}  # fmt: skip
 
 
+def validate_hyperparameters(name: str, params: dict[str, Any]) -> dict[str, Any]:
+    """`params` checked against the encoder's config (unknown keys, wrong types: `SparseInferError`), as the full
+    JSON config with defaults filled in; for configs read before any encoder is built (experiments, sweeps)."""
+    return _validate(name, get(name).Config, params).model_dump(mode="json")
+
+
 def describe(name: str) -> list[Hyperparameter]:
     """An encoder's declared hyperparameters: name, type, default and description (for the CLI's table)."""
     fields = get(name).Config.model_fields

@@ -16,6 +16,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from sparseinfer.data.synthetic import SyntheticConfig
+from sparseinfer.encoders.base import validate_hyperparameters
 from sparseinfer.errors import SparseInferError
 from sparseinfer.experiments.runner import RunSpec
 from sparseinfer.training.config import TrainConfig
@@ -28,10 +29,15 @@ class _Strict(BaseModel):
 
 
 class EncoderSpec(_Strict):
-    """A registered encoder by name plus its hyperparameters (checked against the encoder's signature)."""
+    """A registered encoder by name plus its hyperparameters (checked against the encoder's typed config)."""
 
     name: str
     params: dict[str, Any] = Field(default_factory=dict)
+
+    @model_validator(mode="after")
+    def _known(self) -> EncoderSpec:
+        validate_hyperparameters(self.name, self.params)  # a SparseInferError (a ValueError) names the key
+        return self
 
 
 class ITOConfig(_Strict):
