@@ -5,17 +5,28 @@ from __future__ import annotations
 
 import inspect
 import json
+import pickle
 
 import pytest
 import torch
+from rich.console import Console
 
 import sparseinfer as si
+from sparseinfer.cli.tables import encoder_table
 from sparseinfer.codes import as_dense
-from sparseinfer.encoders.base import Encoder, describe, encoder_config, hyperparameters, needs_k
+from sparseinfer.encoders.base import (
+    Encoder,
+    describe,
+    encoder_config,
+    hyperparameters,
+    needs_k,
+    validate_hyperparameters,
+)
 from sparseinfer.encoders.ito import ITOEncoder, refiner_names
 from sparseinfer.encoders.relu import ReLUEncoder
 from sparseinfer.encoders.topk import TopKEncoder
 from sparseinfer.errors import SparseInferError
+from sparseinfer.experiments.config import parse_run
 
 M, N = 8, 16
 NAMES = si.available()
@@ -209,3 +220,28 @@ def test_lasso_equals_fista_active_set(nonneg: bool) -> None:
     # and a warm start from its own codes agrees too
     torch.testing.assert_close(lasso(x, dictionary, init=codes), codes, rtol=0, atol=1e-10)
     assert "lasso" in refiner_names()
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_configs_survive_pickling(name: str) -> None:
+    """Process pools and Ray pickle encoders: the config (a nested pydantic class) travels with them."""
+    encoder = si.create(name, dim=M, n_latents=N)
+    copy = pickle.loads(pickle.dumps(encoder))
+    assert type(copy.config) is type(encoder.config) and encoder_config(copy) == encoder_config(encoder)
+
+
+def test_experiment_configs_are_checked_against_the_encoder_config() -> None:
+    base = {"setting": "known_dictionary", "method": "m"}
+    with pytest.raises(SparseInferError, match="encoder 'topk' hyperparameter 'k': input should be a valid integer"):
+        parse_run({**base, "encoder": {"name": "topk", "params": {"k": 2.5}}})
+    with pytest.raises(SparseInferError, match=r"encoder 'relu' has no hyperparameter\(s\) \['x'\]"):
+        parse_run({**base, "encoder": {"name": "relu", "params": {"x": 1}}})
+    assert validate_hyperparameters("omp", {"k": 2}) == {"k": 2, "tol": 0.0, "nonneg": False}
+
+
+def test_encoder_table_shows_types_defaults_and_descriptions() -> None:
+    console = Console(record=True, width=200)
+    console.print(encoder_table())
+    text = console.export_text()
+    assert "lasso" in text and "working_set=8 (int) atoms screened per sample" in text
+    assert "step_size=None (float | None)" in text and "activation='relu' ('relu' | 'topk')" in text
