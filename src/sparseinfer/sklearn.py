@@ -11,8 +11,11 @@ Learned encoders (any encoder with trainable parameters) are trained in `fit` by
 `sparseinfer.training.fit`: regime `known_dictionary` against a fixed dictionary (`SparseEncoder`, or
 `DictionaryLearning`'s transform encoder after an iterative fit), `learn_both` when `DictionaryLearning` learns the
 dictionary with a learned `fit_algorithm`. The loss is the study's: mean (X - X_hat)^2 + `l1` * mean |code| (JumpReLU
-uses its own L0 penalty), with Adam, full batch, `train_steps` steps at `learning_rate`; the defaults (2,000 steps at
-1e-2, l1 = 0.01, the protocol's lambda) train the protocol's problem (N=16, M=8, K=3) to a test FVU of about 0.02.
+uses its own L0 penalty), with Adam, full batch, `train_steps` steps at `learning_rate`. With the defaults (2,000
+steps at 1e-2, l1 = 0.01, the protocol's lambda) a ReLU encoder on the protocol's problem (N=16, M=8, K=3, 1,024
+training signals, seed 0) reaches a held-out FVU of 0.006 against the true dictionary and 0.002 when
+`DictionaryLearning` learns both (an untrained one: 1.17). Training leaves the global torch RNG as it was;
+`random_state` seeds the initial weights.
 
 Both estimators name their outputs as scikit-learn's decompositions do (`sparseencoder0`, `dictionarylearning0`,
 ...), support `set_output(transform="pandas")`, work in `Pipeline` and `GridSearchCV` and pass
