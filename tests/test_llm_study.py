@@ -21,7 +21,9 @@ from sparseinfer.experiments.llm_study import STAGES, finished, marker, run_llm_
 from sparseinfer.interp.fake import FakeLLMServer
 from sparseinfer.lm.tiny import build_tiny_model
 
-WORDS = "the quick brown fox jumps over a lazy dog while seven wise kings sing of gold and time".split()
+WORDS = (
+    "the quick brown fox , jumps over a lazy dog . while to be or not to be , that is the question of gold and time"
+).split()
 
 
 @pytest.fixture(scope="module")
@@ -68,6 +70,7 @@ def test_pipeline_end_to_end_and_resume(assets, tmp_path) -> None:
     for name in ("report.md", "config.yaml", "frontier_l0.png", "frontier_flops.png"):
         assert (out / name).exists(), name
     assert "matched L0" in (out / "report.md").read_text()
+    assert len(pd.read_parquet(out / "interp" / "scores.parquet")) >= 3  # interp ran against the fake server
     assert any("finished in" in line for line in lines)
     stamps = {s: marker(out, s).stat().st_mtime_ns for s in STAGES}
     # a rerun without --resume is refused; with it every finished stage is skipped
