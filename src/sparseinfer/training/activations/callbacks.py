@@ -20,8 +20,13 @@ from sparseinfer.training.fit import FitState
 from sparseinfer.training.regimes import get_regime
 
 
+@torch.no_grad()
 def project_radial(dictionary: Dictionary) -> None:
-    """Remove each atom's gradient component along the atom, so steps move along the unit sphere."""
+    """Remove each atom's gradient component along the atom, so steps move along the unit sphere.
+
+    Under `no_grad`: the atoms require grad, so with autograd on, the in-place update would give `atoms.grad` a
+    graph of its own (holding the step's saved tensors); chained from step to step, that leaked about one
+    batch x latents array per step (issue 20)."""
     g, a = dictionary.atoms.grad, dictionary.atoms
     if g is not None:
         g.sub_((g * a).sum(1, keepdim=True) * a)
