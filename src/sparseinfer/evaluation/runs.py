@@ -94,6 +94,17 @@ def calibration_signals(store: ActivationStore, scale: float, n_tokens: int = CA
     return store.sample(n_tokens, seed=CALIBRATION_SEED) * scale
 
 
+def _first_contexts(store: ActivationStore, n: int) -> Tensor:
+    """The token ids of the store's first `n` contexts, reading only the shards that hold them."""
+    parts, have = [], 0
+    for i in range(len(store.manifest.shards)):
+        if have >= n:
+            break
+        parts.append(store.read_shard(i)["token_ids"])
+        have += parts[-1].shape[0]
+    return torch.cat(parts)[:n]
+
+
 def encoder_metrics(
     encoder: Encoder,
     dictionary: Dictionary,
@@ -108,7 +119,7 @@ def encoder_metrics(
     row = reconstruction_metrics(encoder, dictionary, held_out, scale, n_tokens, batch_size)
     if downstream_contexts > 0 and model is not None:
         manifest = held_out.manifest
-        ids = torch.cat([held_out.read_shard(i)["token_ids"] for i in range(len(manifest.shards))])
+        ids = _first_contexts(held_out, downstream_contexts)
         row |= downstream_metrics(
             model, hook_point(manifest.hook), ids[:downstream_contexts], encoder, dictionary, scale, manifest.bos
         )
