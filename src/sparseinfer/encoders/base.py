@@ -28,6 +28,7 @@ from sparseinfer.validation import check_signals
 
 _REGISTRY: dict[str, type[Encoder]] = {}
 SHAPE_ARGS = ("dim", "n_latents")
+Shape = Literal["required", "optional", "none"]  # whether an encoder's constructor takes dim and n_latents
 
 
 class EncoderConfig(BaseModel):
@@ -62,7 +63,7 @@ class Encoder(nn.Module):
     kind: ClassVar[str] = "amortised"  # "amortised" | "iterative" | "hybrid" | "learned-iterative"
     summary: ClassVar[str] = ""
     Config: ClassVar[type[EncoderConfig]] = EncoderConfig
-    shape: ClassVar[Literal["required", "optional", "none"]] = "required"  # does __init__ take dim and n_latents?
+    shape: ClassVar[Shape] = "required"
     config: EncoderConfig
 
     def __setattr__(self, name: str, value: Any) -> None:
@@ -125,7 +126,7 @@ class IterativeEncoder(Encoder):
     """
 
     kind: ClassVar[str] = "iterative"
-    shape: ClassVar[Literal["required", "optional", "none"]] = "none"
+    shape: ClassVar[Shape] = "none"
 
     def __init__(self) -> None:
         super().__init__()
@@ -209,8 +210,8 @@ def hyperparameters(name: str) -> dict[str, Any]:
     """An encoder's hyperparameters (its config's fields, not dim/n_latents) with their defaults
     (`inspect.Parameter.empty` if required)."""
     fields = get(name).Config.model_fields
-    return {k: inspect.Parameter.empty if f.is_required() else f.get_default(call_default_factory=True)
-            for k, f in fields.items()}  # fmt: skip
+    empty = inspect.Parameter.empty
+    return {k: empty if f.is_required() else f.get_default(call_default_factory=True) for k, f in fields.items()}
 
 
 def validate_hyperparameters(name: str, params: dict[str, Any]) -> dict[str, Any]:

@@ -27,6 +27,7 @@ from sparseinfer.encoders.base import (
     Encoder,
     EncoderConfig,
     IterativeEncoder,
+    Shape,
     available,
     configure,
     create,
@@ -59,7 +60,7 @@ class ITOEncoder(Encoder):
     name = "ito"
     kind: ClassVar[str] = "hybrid"
     summary = "inference-time optimisation: any encoder's codes refined by an iterative solver (default Adam)"
-    shape: ClassVar[Literal["required", "optional", "none"]] = "optional"
+    shape: ClassVar[Shape] = "optional"
 
     class Config(EncoderConfig):
         init: str = Field("relu", description="the warm-start encoder's registered name (or an Encoder instance)")
