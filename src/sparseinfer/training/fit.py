@@ -17,12 +17,12 @@ from dataclasses import dataclass, field
 
 import torch
 from torch import Tensor
-from tqdm.auto import tqdm
 
 from sparseinfer.codes import Codes, SparseCodes
 from sparseinfer.dictionary import Dictionary
 from sparseinfer.encoders.base import Encoder
 from sparseinfer.errors import SparseInferError
+from sparseinfer.progress import progress_bar
 from sparseinfer.training.accounting import training_step_flops
 from sparseinfer.training.config import TrainConfig
 from sparseinfer.training.regimes import Regime
@@ -157,13 +157,7 @@ def fit(
     if state.step == 0:
         record(0, float("nan"))
     encoder.train()
-    bar = tqdm(
-        total=config.steps,
-        initial=state.step,
-        disable=None if progress else True,
-        desc=f"train {encoder.name}",
-        leave=False,
-    )
+    bar = progress_bar(total=config.steps, initial=state.step, enabled=progress, desc=f"train {encoder.name}")
     while state.step < config.steps:
         step = state.step + 1
         batch = next(batches, None)
