@@ -38,11 +38,15 @@ def main() -> None:
     parser.add_argument("--context-length", type=int, default=128)
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--device", default="cpu")
+    parser.add_argument("--compute-dtype", default="float32", help="the model's dtype in the forward pass")
+    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
     args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
     cfg = HarvestConfig(args.model, (args.hook,), args.text, context_length=args.context_length,
                         n_contexts=args.contexts, contexts_per_shard=args.contexts, batch_size=args.batch_size,
-                        device=args.device)  # fmt: skip
-    lm = load_model(args.model, args.device)
+                        device=args.device, compute_dtype=args.compute_dtype)  # fmt: skip
+    lm = load_model(args.model, args.device, dtype=getattr(torch, args.compute_dtype))
     model, tokenizer = lm
     rows = list(islice(contexts_for(cfg, tokenizer), args.contexts))
     tokens = len(rows) * args.context_length
@@ -67,6 +71,7 @@ def main() -> None:
         "model": args.model,
         "hook": args.hook,
         "device": args.device,
+        "compute_dtype": args.compute_dtype,
         "tokens": tokens,
         "forward_tokens_per_s": tokens / forward_s,
         "harvest_tokens_per_s": result.tokens_per_second,
@@ -79,6 +84,7 @@ def main() -> None:
         "benchmark": "lm_harvest",
         "date": datetime.datetime.now().isoformat(timespec="seconds"),
         "machine": {"platform": platform.platform(), "cpus": os.cpu_count(), "load_average": os.getloadavg()},
+        "text": args.text,
         "versions": {"torch": torch.__version__, "python": platform.python_version()},
         **line,
     }

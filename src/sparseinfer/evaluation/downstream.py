@@ -95,8 +95,8 @@ class LMContext:
         points = resolve_hook_points(lm, hook)
         if len(points) != 1:
             raise SparseInferError(f"hook {hook!r} matches {len(points)} points; an SAE needs exactly one")
-        docs = iter_documents(text, split="test")
-        rows = list(tokenise_contexts(docs, tokenizer, context_length, max_contexts=contexts))
+        docs = iter_documents(text, split="test", seed=0)  # held-out documents, shuffled and mixed like a harvest
+        rows = list(tokenise_contexts(docs, tokenizer, context_length, max_contexts=contexts, mix=64, seed=0))
         if not rows:
             raise SparseInferError(f"text {text!r} gave no test context of {context_length} tokens")
         ctx = cls(lm, points[0], torch.stack(rows))

@@ -145,8 +145,9 @@ def tokenise_contexts(
     `bos`: every context starts with the tokenizer's BOS token (its EOS if it has none).
     `cross_document`: a document's tail shorter than a context continues (after that separator token) with the next
     document; otherwise the tail is dropped (no context spans two documents).
-    `mix`: how many documents are open at once; each context comes from one of them drawn at random (`seed`), so
-    consecutive contexts come from different documents. `mix=1` reads the documents in order.
+    `mix`: how many documents are open at once; each context comes from one of them drawn at random (`seed`) in
+    proportion to its tokens left, so consecutive contexts come from different documents and a prefix holds the
+    sources in proportion to their tokens. `mix=1` reads the documents in order.
     `stats`, when given, is filled per source with the documents and tokens (BOS and separators excluded) that the
     yielded contexts hold.
     """
@@ -193,7 +194,9 @@ def tokenise_contexts(
     seen: set[int] = set()
     count = 0
     while slots and (max_contexts is None or count < max_contexts):
-        i = rng.randrange(len(slots)) if len(slots) > 1 else 0
+        # a slot in proportion to the tokens it has left: every open token is equally likely next, so a prefix holds
+        # the sources in proportion to their tokens (a uniform pick would favour sources of many short documents)
+        i = rng.choices(range(len(slots)), weights=[len(s[0]) - s[2] for s in slots])[0] if len(slots) > 1 else 0
         ids, labels, pos = slots[i]
         yield torch.tensor(prefix + ids[pos : pos + body], dtype=torch.long)
         count += 1
