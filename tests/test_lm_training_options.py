@@ -223,3 +223,34 @@ def test_cli_train_preset_and_bad_options(store, tmp_path):
     assert (cfg["loss"], cfg["expansion"], cfg["dead_latents"], cfg["bias_init"]) == ("study", 2, "auxk", "median")
     r = runner.invoke(app, ["train", str(tmp_path / "q"), "--store", str(store), "--dead-latents", "revive"])
     assert r.exit_code != 0 and "dead_latents" in str(r.exception or r.output)
+
+
+def test_l0_controller_step_moves_the_log_weight_towards_the_target():
+    from sparseinfer.training.activations.config import l0_controller_step
+
+    assert l0_controller_step(0.0, 16.0, 16.0, 0.05) == 0.0
+    assert l0_controller_step(0.0, 32.0, 16.0, 0.05) == pytest.approx(0.05 * math.log(2))  # too dense: raise
+    assert l0_controller_step(0.0, 1.0, 16.0, 0.05) == pytest.approx(-0.05)  # too sparse: lower, capped at 1
+    assert l0_controller_step(0.0, 0.0, 16.0, 0.05) == pytest.approx(-0.05)
+
+
+def test_target_l0_steers_the_l1_weight_and_is_inert_when_frozen(tmp_path):
+    store = clustered_store(tmp_path / "s", DIM, clusters=64, scale=1.0, noise=1.0, offset=2.0, shards=8)
+    common = dict(encoder="relu", expansion=8, steps=300, batch_size=64, eval_every=25, warmup_steps=10)
+    runs = {}
+    for target in (8, 24):
+        cfg = LMTrainConfig(**common, l1_warmup_steps=20, target_l0=target, target_l0_rate=0.01)
+        runs[target] = train_from_store(cfg, store, tmp_path / f"t{target}", progress=False, resume=False)
+    assert runs[24]["l1_final"] < runs[8]["l1_final"]  # a denser target ends at a smaller weight
+    last = {t: np.mean([r["l0"] for r in info["history"][-4:]]) for t, info in runs.items()}
+    assert last[8] < last[24]
+    # frozen (the decay starts before the L1 warm-up ends, so it never adapts): the same run as without a target
+    frozen = {**common, "decay_fraction": 0.7, "l1_warmup_steps": 100}
+    plain = train_from_store(LMTrainConfig(**frozen), store, tmp_path / "p", progress=False, resume=False)
+    inert = LMTrainConfig(**frozen, target_l0=8)
+    same = train_from_store(inert, store, tmp_path / "f", progress=False, resume=False)
+    assert plain["l1_final"] == plain["l1"] and all(r["l1_scale"] == 1.0 for r in plain["history"])
+    assert [r["loss"] for r in same["history"]] == [r["loss"] for r in plain["history"]]
+    with pytest.raises(SparseInferError, match="fixes its L0 by k"):
+        cfg = LMTrainConfig(encoder="topk", hparams={"k": 4}, steps=5, batch_size=64, target_l0=8)
+        train_from_store(cfg, store, tmp_path / "k", progress=False, resume=False)

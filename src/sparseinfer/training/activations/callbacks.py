@@ -3,6 +3,7 @@ gradient projection, dead-latent tracking and resampling, per-row training metri
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 import torch
@@ -10,14 +11,16 @@ from torch import Tensor
 
 from sparseinfer.codes import Codes, as_dense
 from sparseinfer.dictionary import Dictionary
-from sparseinfer.encoders.base import Encoder
+from sparseinfer.encoders.base import Encoder, IterativeEncoder
 from sparseinfer.errors import SparseInferError
-from sparseinfer.training.activations.config import LMTrainConfig, schedule
+from sparseinfer.training.activations.config import LMTrainConfig, controller_active, l0_controller_step, schedule
 from sparseinfer.training.activations.losses import AuxK, auxk_flops, batch_variance, normaliser_flops, study_loss
 from sparseinfer.training.activations.resample import resample
 from sparseinfer.training.distributed import DataParallel
 from sparseinfer.training.fit import FitState
 from sparseinfer.training.regimes import get_regime
+
+TREND_HORIZON = 50  # steps ahead the target-L0 controller extrapolates the L0 trend (its derivative term)
 
 
 @torch.no_grad()
@@ -48,6 +51,41 @@ class Callbacks:
         if config.dead_latents == "auxk":
             self.auxk = AuxK(encoder, config.auxk_k or max(1, dictionary.dim // 2), config.auxk_coef)
         self._batch = 0
+        self.log_l1_scale = 0.0  # the target-L0 controller's log multiplier of the sparsity weight
+        self._log_l0: float | None = None
+        self._trend = 0.0
+        self._penalty = getattr(encoder, "penalty", None) if isinstance(encoder, IterativeEncoder) else None
+        if config.target_l0 is not None and getattr(encoder, "k", None):
+            raise SparseInferError(
+                f"target_l0 adapts a sparsity penalty; encoder {encoder.name!r} fixes its L0 by k: set k instead"
+            )
+
+    @property
+    def l1_scale(self) -> float:
+        """The multiplier of the sparsity weight that the target-L0 controller has reached (1 without a target)."""
+        return math.exp(self.log_l1_scale)
+
+    def schedule(self, step: int) -> tuple[float, float]:
+        """`fit`'s schedule: the config's warm-ups and decay, the L1 multiplier times the controller's."""
+        lr, l1 = schedule(self.config, step)
+        return lr, l1 * self.l1_scale
+
+    def _control(self, step: int, l0: float) -> None:
+        """Adapt the sparsity weight towards `target_l0` from this step's mean L0 (see `l0_controller_step`)."""
+        cfg = self.config
+        if not controller_active(cfg, step):
+            return
+        log_l0 = math.log(max(l0, 1e-3))
+        if self._log_l0 is not None:  # the L0 trend (log L0 per step), smoothed
+            self._trend = 0.9 * self._trend + 0.1 * (log_l0 - self._log_l0)
+        self._log_l0 = log_l0
+        predicted = math.exp(log_l0 + TREND_HORIZON * self._trend)  # L0 lags the weight: steer by where it heads
+        self.log_l1_scale = l0_controller_step(self.log_l1_scale, predicted, cfg.target_l0, cfg.target_l0_rate)
+        self._apply_penalty()
+
+    def _apply_penalty(self) -> None:
+        if self._penalty is not None:  # iterative encoders: the penalty of their inference problem
+            self.encoder.penalty = self._penalty * self.l1_scale
 
     def dead(self) -> Tensor:
         """Latents that have not fired for `dead_tokens` tokens."""
@@ -78,6 +116,10 @@ class Callbacks:
         cfg, group = self.config, self.group
         dense = as_dense(codes).detach()
         fired = group.max((dense != 0).any(0).to(torch.int32)).cpu() > 0
+        if cfg.target_l0 is not None:  # the mean L0 over every rank's batch
+            pair = torch.tensor([float((dense != 0).sum()), float(x.shape[0])], dtype=torch.float64, device=x.device)
+            count, rows = group.sum(pair).tolist()
+            self._control(state.step, count / rows)
         self.since_fired = torch.where(fired, 0, self.since_fired + x.shape[0] * group.world)
         resampled = 0
         if cfg.dead_latents == "resample" and state.step % cfg.resample_every == 0:
@@ -98,6 +140,7 @@ class Callbacks:
                 dead_fraction=float(self.dead().float().mean()),
                 resampled=resampled,
                 lr=cfg.lr * schedule(cfg, state.step)[0],
+                l1_scale=self.l1_scale,
             )
         if state.step % cfg.checkpoint_every == 0 and state.step < cfg.steps and group.is_main:
             self.save(state)
@@ -113,6 +156,7 @@ class Callbacks:
             "history": state.history,
             "since_fired": self.since_fired,
             "scale": self.scale,
+            "log_l1_scale": self.log_l1_scale,
         }
         tmp = self.checkpoint.with_suffix(".tmp")
         torch.save(blob, tmp)
@@ -127,6 +171,8 @@ class Callbacks:
         self.dictionary.load_state_dict(blob["dictionary"])
         self.optimiser.load_state_dict(blob["optimiser"])
         self.since_fired, self.scale = blob["since_fired"], float(blob["scale"])
+        self.log_l1_scale = float(blob.get("log_l1_scale", 0.0))
+        self._apply_penalty()
         return FitState(blob["step"], blob["flops"], blob["history"])
 
     def close(self) -> None:

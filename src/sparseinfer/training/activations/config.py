@@ -5,6 +5,7 @@ With a `preset` (see `presets`), the preset's settings fill every field not give
 
 from __future__ import annotations
 
+import math
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
@@ -37,6 +38,15 @@ class LMTrainConfig(BaseModel):
         "'study' loss, lambda on mean |s|. None: 0 for TopK-style encoders (a `k`), else 5 ('sae') or 1e-4 ('study')",
     )
     l1_warmup_steps: int = Field(100, ge=0)
+    target_l0: float | None = Field(
+        None,
+        gt=0,
+        description="adapt the sparsity weight (the L1 weight, and an iterative encoder's `penalty`) so that the "
+        "training batches' mean L0 lands on this target; for encoders whose sparsity comes from a penalty, not a k",
+    )
+    target_l0_rate: float = Field(
+        0.05, gt=0, le=1, description="controller gain: log-weight step per unit of log(L0 / target), capped at 1"
+    )
     normalise: bool = True
     bias_init: Literal["mean", "median", "geometric_median", "zero"] = "mean"
     dead_latents: Literal["resample", "auxk", "none"] = "resample"
@@ -65,6 +75,22 @@ def schedule(config: LMTrainConfig, step: int) -> tuple[float, float]:
     decay = 1.0 if step <= decay_start else max(0.0, (config.steps - step) / max(1.0, config.steps - decay_start))
     l1 = min(1.0, step / config.l1_warmup_steps) if config.l1_warmup_steps else 1.0
     return warm * decay, l1
+
+
+def l0_controller_step(log_scale: float, l0: float, target: float, rate: float) -> float:
+    """One step of the target-L0 controller: log(weight multiplier) += rate * log(L0 / target), the log ratio capped
+    at +-1 (a multiplicative, integral controller: too dense raises the weight, too sparse lowers it)."""
+    error = max(-1.0, min(1.0, math.log(max(l0, 1e-3) / target)))
+    return log_scale + rate * error
+
+
+def controller_active(config: LMTrainConfig, step: int) -> bool:
+    """Whether the target-L0 controller adapts at `step`: after the L1 warm-up, frozen for the final decay."""
+    return (
+        config.target_l0 is not None
+        and step > config.l1_warmup_steps
+        and step <= config.steps * (1 - config.decay_fraction)
+    )
 
 
 def default_l1(encoder: Encoder, loss: str = "sae") -> float:

@@ -38,7 +38,7 @@ from sparseinfer.errors import SparseInferError
 from sparseinfer.io import RUN_FILE, load_sae, save_sae
 from sparseinfer.io.native import run_provenance
 from sparseinfer.training.activations.callbacks import Callbacks, project_radial
-from sparseinfer.training.activations.config import LMTrainConfig, default_l1, resolve, schedule
+from sparseinfer.training.activations.config import LMTrainConfig, default_l1, resolve
 from sparseinfer.training.activations.initialise import build, data_scale
 from sparseinfer.training.config import TrainConfig
 from sparseinfer.training.distributed import DataParallel
@@ -105,7 +105,7 @@ def train_on_activations(
     try:
         fit(
             encoder, dictionary, _on_device(batches, device, scale), regime, train_config,
-            seed=config.seed, progress=progress and group.is_main, schedule=lambda step: schedule(config, step),
+            seed=config.seed, progress=progress and group.is_main, schedule=callbacks.schedule,
             hooks=group.hooks(params, hooks), state=state, optimiser=optimiser, autocast=config.autocast,
         )  # fmt: skip
     finally:
@@ -118,6 +118,7 @@ def train_on_activations(
         "n_latents": dictionary.n_latents,
         "scale": scale,
         "l1": l1_weight,
+        "l1_final": l1_weight * callbacks.l1_scale,  # after the target-L0 controller (= l1 without target_l0)
         "source": source or {},
         "world_size": group.world,
         "train_flops": state.flops,
