@@ -191,3 +191,14 @@ def test_bfloat16_compute_is_recorded_close_and_not_mixed_on_resume(fake, tiny, 
     assert 0 < float((a - b).norm() / a.norm()) < 0.05
     with pytest.raises(SparseInferError, match="model_info"):
         harvest(cfg, tmp_path / "bf16", progress=False, model=lm)
+
+
+def test_buffer_shuffle_keeps_every_document_once():
+    import random
+
+    from sparseinfer.lm.corpora import Document
+    from sparseinfer.lm.text import _buffer_shuffle
+
+    docs = [Document("s", str(i), str(i)) for i in range(50)]
+    out = list(_buffer_shuffle(iter(docs), random.Random(0), 8))
+    assert sorted(out, key=lambda d: int(d.name)) == docs and out != docs

@@ -28,6 +28,7 @@ from sparseinfer.lm.corpora import CORPORA, MIXES, Document
 DEFAULT_CORPUS = "english"
 NAMED_SOURCES = (*MIXES, *CORPORA)
 _TEXT_SUFFIXES = (".txt", ".md")
+_HF_SHUFFLE_BUFFER = 10_000
 
 
 def _files(path: Path) -> Iterator[Document]:
@@ -91,7 +92,7 @@ def iter_corpus(
 
     Every `test_every`-th document of each part (in its canonical order) is `test`. `seed=None` keeps the
     canonical order (parts one after another); an integer shuffles the split's documents across parts with that
-    seed (this reads the whole split first).
+    seed (this reads the whole split first; an `hf:` stream is shuffled through a buffer of 10,000 documents).
     """
     if split not in ("train", "test", "all"):
         raise SparseInferError(f"split must be 'train', 'test' or 'all', got {split!r}")
@@ -108,9 +109,27 @@ def iter_corpus(
     if seed is None:
         yield from chosen()
         return
+    rng = random.Random(seed)
+    if source.startswith("hf:"):  # a streamed dataset may be endless: shuffle through a bounded buffer
+        yield from _buffer_shuffle(chosen(), rng, _HF_SHUFFLE_BUFFER)
+        return
     docs = list(chosen())
-    random.Random(seed).shuffle(docs)
+    rng.shuffle(docs)
     yield from docs
+
+
+def _buffer_shuffle(docs: Iterable[Document], rng: random.Random, size: int) -> Iterator[Document]:
+    """An approximately shuffled unbounded stream: hold `size` documents, yield a random one as each arrives."""
+    buffer: list[Document] = []
+    for doc in docs:
+        if len(buffer) < size:
+            buffer.append(doc)
+            continue
+        i = rng.randrange(size)
+        yield buffer[i]
+        buffer[i] = doc
+    rng.shuffle(buffer)
+    yield from buffer
 
 
 def iter_documents(
