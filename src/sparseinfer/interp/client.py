@@ -9,8 +9,9 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -19,6 +20,7 @@ import httpx
 from pydantic import BaseModel, ConfigDict, Field
 
 from sparseinfer.errors import SparseInferError
+from sparseinfer.interp.logprobs import parse_top_logprobs
 
 ENV_PREFIX = "SPARSEINFER_LLM_"
 DEFAULT_BASE_URL = "http://127.0.0.1:8089/v1"
@@ -83,20 +85,32 @@ class ChatClient:
 
     def chat(self, messages: Sequence[Message], **params: Any) -> str:
         """The assistant's reply to `messages` (from the cache when this exact request was answered before)."""
-        payload = self._payload(messages, params)
+        return self._cached(self._payload(messages, params), _content)
+
+    def next_token(self, messages: Sequence[Message], top_logprobs: int = 20) -> tuple[str, dict[str, float]]:
+        """One forward pass: (the reply's first token, {candidate token: log-probability}) for the assistant's
+        next token, from an OpenAI-style `logprobs` request with `max_tokens` 1 (the dict is empty when the server
+        ignores logprobs; then only the reply text is known)."""
+        payload = self._payload(messages, {"max_tokens": 1, "logprobs": True, "top_logprobs": top_logprobs,
+                                           "temperature": 0.0})  # fmt: skip
+        content, top = self._cached(payload, lambda body: (_content(body), parse_top_logprobs(body)))
+        return content, dict(top)
+
+    def _cached(self, payload: dict[str, Any], extract: Callable[[Any], Any]) -> Any:
+        """`extract(response JSON)` for `payload`, from the disk cache when this exact request was answered."""
         path = self._cache_path(payload)
         if path is not None and path.exists():
             try:
                 return json.loads(path.read_text())["content"]
             except (json.JSONDecodeError, KeyError):
                 path.unlink(missing_ok=True)  # a torn cache entry: ask again
-        content = self._post(payload)
+        result = self._post(payload, extract)
         if path is not None:
             path.parent.mkdir(parents=True, exist_ok=True)
-            tmp = path.with_suffix(f".{os.getpid()}.tmp")
-            tmp.write_text(json.dumps({"content": content, "request": payload}))
+            tmp = path.with_suffix(f".{os.getpid()}.{threading.get_ident()}.tmp")
+            tmp.write_text(json.dumps({"content": result, "request": payload}))
             tmp.replace(path)
-        return content
+        return result
 
     def chat_many(self, conversations: Sequence[Sequence[Message]], **params: Any) -> list[str]:
         """Replies to many conversations, `config.concurrency` at a time, in input order."""
@@ -105,7 +119,7 @@ class ChatClient:
         with ThreadPoolExecutor(self.config.concurrency) as pool:
             return list(pool.map(lambda c: self.chat(c, **params), conversations))
 
-    def _post(self, payload: dict[str, Any]) -> str:
+    def _post(self, payload: dict[str, Any], extract: Callable[[Any], Any]) -> Any:
         url = f"{self.config.base_url.rstrip('/')}/chat/completions"
         problem = "no attempt"
         for attempt in range(self.config.retries + 1):
@@ -128,15 +142,22 @@ class ChatClient:
                 raise SparseInferError(f"LLM server {url} refused the request: HTTP {response.status_code}: "
                                        f"{_short(response.text)}")  # fmt: skip
             try:
-                content = response.json()["choices"][0]["message"]["content"]
-                if not isinstance(content, str):
-                    raise TypeError("content is not a string")
-                return content
-            except (json.JSONDecodeError, KeyError, IndexError, TypeError) as err:
+                return extract(response.json())
+            except (json.JSONDecodeError, KeyError, IndexError, TypeError, ValueError) as err:
                 problem = f"answered something that is not a chat completion ({type(err).__name__}: "
                 problem += f"{_short(response.text)})"
         tries = self.config.retries + 1
         raise SparseInferError(f"LLM server {url} failed after {tries} attempt(s): {problem}")
+
+
+def _content(body: Any) -> str:
+    """The assistant message of a chat-completion body."""
+    content = body["choices"][0]["message"].get("content")
+    if content is None and "logprobs" in body["choices"][0]:  # a 1-token logprob request may carry no text
+        return ""
+    if not isinstance(content, str):
+        raise TypeError("content is not a string")
+    return content
 
 
 def _short(text: str, limit: int = 160) -> str:

@@ -9,28 +9,15 @@ from collections.abc import Callable
 from functools import lru_cache
 
 import numpy as np
-from scipy.stats import rankdata
 
 from sparseinfer.errors import SparseInferError
 from sparseinfer.interp.examples import LatentExamples
 from sparseinfer.interp.score import held_out
+from sparseinfer.interp.stats import auroc
+
+__all__ = ["auroc", "embedding_score", "load_embedder", "similarity_auroc"]
 
 Embedder = Callable[[list[str]], np.ndarray]
-
-
-def auroc(scores: np.ndarray | list[float], labels: np.ndarray | list[bool]) -> float:
-    """Area under the ROC curve of `scores` for binary `labels`: the probability that a random positive scores
-    above a random negative, ties counting one half (the normalised Mann-Whitney U, from average ranks)."""
-    s, y = np.asarray(scores, dtype=np.float64), np.asarray(labels, dtype=bool)
-    if s.ndim != 1 or s.shape != y.shape:
-        raise SparseInferError(f"auroc needs 1-D scores and labels of one length, got {s.shape} and {y.shape}")
-    if not np.isfinite(s).all():
-        raise SparseInferError("auroc scores contain NaN or Inf")
-    n_pos, n_neg = int(y.sum()), int((~y).sum())
-    if n_pos == 0 or n_neg == 0:
-        raise SparseInferError("auroc needs at least one positive and one negative")
-    ranks = rankdata(s)
-    return float((ranks[y].sum() - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg))
 
 
 @lru_cache(maxsize=1)

@@ -11,8 +11,9 @@ MARK = ("<<", ">>")
 SYSTEM = (
     "You are a meticulous interpretability researcher. You are shown text excerpts where one feature of a "
     "language model is active. In each excerpt the token where the feature is most active is marked like "
-    "<<this>>. Say in a short phrase (under 15 words) what the feature detects: the kind of token and the "
-    "context it appears in. Reply with the phrase only."
+    "<<this>>. Say in a short noun phrase (under 12 words) what the marked tokens have in common, for example: "
+    'the word "of"; commas; names of people; numbers written as digits; verbs in the past tense. '
+    "Reply with the phrase only; do not mention the feature, the model or the markers."
 )
 
 
@@ -32,6 +33,7 @@ def clean_explanation(reply: str) -> str:
     """The first non-empty line of `reply`, without a leading label ("Explanation:") or quotes."""
     for line in reply.strip().splitlines():
         line = re.sub(r"^\s*(explanation|answer|feature|the feature detects)\s*[:\-]\s*", "", line, flags=re.I)
+        line = re.sub(r"^\s*(the|this) feature (detects|is|fires on|identifies)\s+", "", line, flags=re.I)
         line = line.strip().strip("\"'`*").strip()
         if line:
             return line[:300]

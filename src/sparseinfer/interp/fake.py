@@ -1,21 +1,35 @@
 """A scripted OpenAI-compatible HTTP server on 127.0.0.1 (stdlib only): tests and demos of the client and the
-scorers without a model. `respond(payload)` returns the reply text, or `(status, raw body)` to script failures."""
+scorers without a model. `respond(payload)` returns the reply text, a {token: probability} dict (answered as a
+1-token chat completion with OpenAI-style `logprobs`, the most likely token as the text), or `(status, raw body)`
+to script failures."""
 
 from __future__ import annotations
 
 import json
+import math
 import threading
 from collections.abc import Callable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
-Responder = Callable[[dict[str, Any]], "str | tuple[int, str]"]
+Responder = Callable[[dict[str, Any]], "str | dict[str, float] | tuple[int, str]"]
 
 
 def completion(content: str) -> str:
     """A minimal chat-completion JSON body carrying `content`."""
     return json.dumps({"object": "chat.completion", "choices": [{"index": 0, "message": {"role": "assistant",
                        "content": content}, "finish_reason": "stop"}]})  # fmt: skip
+
+
+def logprob_completion(probabilities: dict[str, float]) -> str:
+    """A chat-completion body whose one generated token is the likeliest of `probabilities`, with every candidate
+    in `logprobs.content[0].top_logprobs` (the OpenAI / vLLM / llama.cpp shape)."""
+    ranked = sorted(probabilities.items(), key=lambda kv: -kv[1])
+    top = [{"token": t, "logprob": math.log(p), "bytes": list(t.encode())} for t, p in ranked if p > 0]
+    first = {**top[0], "top_logprobs": top}
+    return json.dumps({"object": "chat.completion", "choices": [{"index": 0, "finish_reason": "length",
+                       "message": {"role": "assistant", "content": ranked[0][0]},
+                       "logprobs": {"content": [first]}}]})  # fmt: skip
 
 
 class FakeLLMServer:
@@ -32,7 +46,12 @@ class FakeLLMServer:
                 payload = json.loads(body or b"{}")
                 outer.payloads.append(payload)
                 reply = outer.respond(payload)
-                status, text = reply if isinstance(reply, tuple) else (200, completion(reply))
+                if isinstance(reply, tuple):
+                    status, text = reply
+                elif isinstance(reply, dict):
+                    status, text = 200, logprob_completion(reply)
+                else:
+                    status, text = 200, completion(reply)
                 data = text.encode()
                 self.send_response(status)
                 self.send_header("Content-Type", "application/json")

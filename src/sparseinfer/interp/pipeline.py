@@ -1,8 +1,12 @@
 """`sparseinfer interpret`: for each trained encoder, cache codes on a store, pick latents, build examples, explain
-and score them with an LLM, and write `scores.parquet` (one row per encoder and latent) plus `comparison.parquet`.
+and score them with an LLM, and write `scores.parquet` (one row per encoder and latent), `summary.parquet`
+(bootstrap 95% intervals per encoder and metric) and `comparison.parquet` (tests between encoders: paired on shared
+latents of one dictionary, unpaired otherwise). With `config.controls`, `controls.parquet` holds the planted-feature
+and shuffled-explanation controls (`controls.py`) scored the same way, and `controls_summary.parquet` their means.
 
 Layout of OUT: `<encoder label>/cache/` (sparse codes, resumable), `<encoder label>/examples.json`,
-`scores.parquet` (appended per latent, so an interrupted run resumes), `comparison.parquet`.
+`scores.parquet` (appended per latent, so an interrupted run resumes), `controls/examples.json`, `controls.parquet`
+(appended per latent too), `config.json` (the resolved config).
 
 Besides the LLM scorers, each latent gets an embedding score (`embedding_auroc`, see `embedding.py`) and its
 logit-lens tokens (`logit_tokens`, see `logit_lens.py`; read through the store's model and shown to the explainer).
@@ -10,9 +14,10 @@ logit-lens tokens (`logit_tokens`, see `logit_lens.py`; read through the store's
 
 from __future__ import annotations
 
-import time
+import dataclasses
+import hashlib
+import json
 from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -21,7 +26,8 @@ import pandas as pd
 from sparseinfer.data.store import ActivationStore
 from sparseinfer.errors import SparseInferError
 from sparseinfer.interp.client import ChatClient
-from sparseinfer.interp.embedding import embedding_score, load_embedder
+from sparseinfer.interp.controls import control_summary, planted_examples, shuffle_order
+from sparseinfer.interp.embedding import Embedder, load_embedder
 from sparseinfer.interp.examples import (
     CodeCache,
     build_examples,
@@ -31,31 +37,17 @@ from sparseinfer.interp.examples import (
     save_examples,
     select_latents,
 )
-from sparseinfer.interp.explain import explain
+from sparseinfer.interp.latent import METRICS, InterpretConfig, score_latent
 from sparseinfer.interp.logit_lens import logit_lens_tokens
-from sparseinfer.interp.score import compare, detection, fuzzing
+from sparseinfer.interp.stats import compare, summarise
+
+__all__ = ["METRICS", "InterpretConfig", "interpret", "run_controls"]
 
 SCORES = "scores.parquet"
+SUMMARY = "summary.parquet"
 COMPARISON = "comparison.parquet"
-METRICS = ("detection_f1", "detection_bacc", "fuzzing_f1", "fuzzing_bacc", "embedding_auroc")
-
-
-@dataclass(frozen=True)
-class InterpretConfig:
-    """How many latents and examples, and the example windows."""
-
-    n_latents: int = 20
-    n_top: int = 20
-    n_explain: int = 10
-    n_samples: int = 10
-    n_negatives: int = 10
-    left: int = 30
-    right: int = 5
-    min_count: int = 20
-    fuzz: bool = True
-    embedding: bool = True
-    logit_tokens: int = 10
-    seed: int = 0
+CONTROLS = "controls.parquet"
+CONTROLS_SUMMARY = "controls_summary.parquet"
 
 
 def load_tokenizer(model: str) -> Any:
@@ -84,14 +76,26 @@ def labels_for(runs: list[Path]) -> list[str]:
     return names
 
 
-def prepare(run: Path, store: ActivationStore, out: Path, config: InterpretConfig, tokenizer: Any) -> Path:
-    """Cache codes and write `examples.json` for one encoder folder (both skipped when already there)."""
+def dictionary_id(run: Path) -> str:
+    """A short fingerprint of the encoder's dictionary atoms: encoders with equal ids share latents (the same
+    dictionary under different inference), so their scores are compared paired."""
+    _, dictionary, _ = load_encoder(run)
+    atoms = dictionary.atoms.detach().float().contiguous().cpu().numpy()
+    return hashlib.sha256(atoms.tobytes()).hexdigest()[:16]
+
+
+def prepare(run: Path, store: ActivationStore, out: Path, config: InterpretConfig, tokenizer: Any,
+            latents: list[int] | None = None) -> Path:  # fmt: skip
+    """Cache codes and write `examples.json` for one encoder folder (both skipped when already there); `latents`
+    (those of an encoder with the same dictionary) are reused where they are live here, else a random pick."""
     out.mkdir(parents=True, exist_ok=True)
     path = out / "examples.json"
     if path.exists():
         return path
     cache = CodeCache.load(cache_activations(store.folder, run, out / "cache"))
-    latents = select_latents(cache, config.n_latents, min_count=config.min_count, seed=config.seed)
+    counts = cache.counts()
+    shared = [j for j in latents or [] if j < cache.n_latents and config.min_count <= counts[j] <= cache.n_tokens / 2]
+    latents = shared or select_latents(cache, config.n_latents, min_count=config.min_count, seed=config.seed)
     records = build_examples(cache, store, tokenizer, latents, n_top=config.n_top, n_samples=config.n_samples,
                              n_negatives=config.n_negatives, left=config.left, right=config.right,
                              seed=config.seed)  # fmt: skip
@@ -107,55 +111,100 @@ def interpret(
     tokenizer: Any = None,
     progress: Callable[[str], None] = lambda s: None,
 ) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """Explain and score latents of every encoder in `runs`; returns (scores, comparison) and writes both."""
-    if not runs:
-        raise SparseInferError("give at least one encoder folder")
+    """Explain and score latents of every encoder in `runs` (and the controls when `config.controls`); returns
+    (scores, comparison) and writes them, the summary, the controls and the resolved config to `out`."""
+    if not runs and not config.controls:
+        raise SparseInferError("give at least one encoder folder (or ask for the controls only)")
     store = ActivationStore.open(store_folder)
     tokenizer = tokenizer if tokenizer is not None else load_tokenizer(store.manifest.model)
     out.mkdir(parents=True, exist_ok=True)
+    (out / "config.json").write_text(json.dumps({**dataclasses.asdict(config), "runs": [str(r) for r in runs],
+                                                 "store": str(store_folder), "llm": client.config.model,
+                                                 "base_url": client.config.base_url}, indent=1))  # fmt: skip
+    embed = load_embedder() if config.embedding else None
+    if config.controls:
+        run_controls(store, out, client, config, tokenizer, embed, progress)
     scores_path = out / SCORES
     done = pd.read_parquet(scores_path) if scores_path.exists() else pd.DataFrame()
     rows = done.to_dict("records")
     finished = {(r["encoder"], r["latent"]) for r in rows}
-    embed = load_embedder() if config.embedding else None
     lm = None
+    chosen: dict[str, list[int]] = {}
     for run, label in zip(runs, labels_for(runs), strict=True):
-        records = [r for r in load_examples(prepare(run, store, out / label, config, tokenizer))
-                   if (label, r.latent) not in finished]  # fmt: skip
+        ident = dictionary_id(run)
+        records = load_examples(prepare(run, store, out / label, config, tokenizer, chosen.get(ident)))
+        chosen.setdefault(ident, [r.latent for r in records])
+        records = [r for r in records if (label, r.latent) not in finished]
         if records and config.logit_tokens and lm is None:
             from sparseinfer.lm.model import load_model
 
             lm, _ = load_model(store.manifest.model)
         lens = logit_tokens_for(run, lm, tokenizer, [r.latent for r in records], config.logit_tokens)
         for record in records:
-            start = time.perf_counter()
             promoted = lens.get(record.latent)
-            explanation = explain(client, record, config.n_explain, logit_tokens=promoted)
-            row = {"encoder": label, "run": str(run), "latent": record.latent, "frequency": record.frequency,
-                   "max_activation": record.max_activation, "explanation": explanation, "unparsed": 0,
+            row = {"encoder": label, "run": str(run), "dictionary": ident,
+                   **score_latent(client, record, config, embed, logit_tokens=promoted),
                    "logit_tokens": list(promoted or [])}  # fmt: skip
-            scorers = [("detection", detection)] + ([("fuzzing", fuzzing)] if config.fuzz else [])
-            for name, scorer in scorers:
-                try:
-                    score = scorer(client, explanation, record, config.n_explain, config.n_samples)
-                except SparseInferError:  # too few held-out or negative windows: no score, not a zero
-                    row |= {f"{name}_f1": float("nan"), f"{name}_bacc": float("nan")}
-                    continue
-                row |= {f"{name}_f1": score.f1, f"{name}_bacc": score.balanced_accuracy}
-                row["unparsed"] += score.unparsed
-            if embed is not None:
-                try:
-                    row["embedding_auroc"] = embedding_score(embed, explanation, record, config.n_explain,
-                                                             config.n_samples)  # fmt: skip
-                except SparseInferError:  # no held-out windows, or an empty explanation: no score
-                    row["embedding_auroc"] = float("nan")
-            row["seconds"] = time.perf_counter() - start
             rows.append(row)
             pd.DataFrame(rows).to_parquet(scores_path)
-            progress(f"{label} latent {record.latent}: {explanation!r} detection F1 {row['detection_f1']:.2f} "
-                     f"({row['seconds']:.1f} s)")  # fmt: skip
+            progress(f"{label} latent {record.latent}: {row['explanation']!r} detection balanced accuracy "
+                     f"{row['detection_bacc']:.2f} ({row['seconds']:.1f} s)")  # fmt: skip
     scores = pd.DataFrame(rows)
+    if scores.empty:
+        return scores, pd.DataFrame()
     metrics = [m for m in METRICS if m in scores]
+    summarise(scores, metrics).to_parquet(out / SUMMARY)
     comparison = pd.concat([compare(scores, m) for m in metrics], ignore_index=True)
     comparison.to_parquet(out / COMPARISON)
     return scores, comparison
+
+
+def run_controls(store: ActivationStore, out: Path, client: ChatClient, config: InterpretConfig, tokenizer: Any,
+                 embed: Embedder | None = None,
+                 progress: Callable[[str], None] = lambda s: None) -> pd.DataFrame:  # fmt: skip
+    """Score `config.n_planted` planted token features ("planted") and the same latents under explanations
+    shuffled across them ("shuffled", each under its predecessor's in a random order); writes and returns
+    `controls.parquet` (resumable per latent) and `controls_summary.parquet` (bootstrap mean and 95% interval per
+    control and metric)."""
+    folder = out / "controls"
+    folder.mkdir(parents=True, exist_ok=True)
+    path, names_path = folder / "examples.json", folder / "features.json"
+    if not path.exists():
+        records, names = planted_examples(store, tokenizer, config.n_planted, config.min_count, n_top=config.n_top,
+                                          n_samples=config.n_samples, n_negatives=config.n_negatives,
+                                          left=config.left, right=config.right, seed=config.seed)  # fmt: skip
+        names_path.write_text(json.dumps(names))
+        save_examples(records, path)
+    records, names = load_examples(path), json.loads(names_path.read_text())
+    controls_path = out / CONTROLS
+    rows = pd.read_parquet(controls_path).to_dict("records") if controls_path.exists() else []
+    done = {(r["control"], r["latent"]) for r in rows}
+
+    def record_row(control: str, feature: str, row: dict[str, Any]) -> None:
+        rows.append({"control": control, "feature": feature, **row})
+        pd.DataFrame(rows).to_parquet(controls_path)
+        progress(f"control {control} {feature!r}: {row['explanation']!r} detection balanced accuracy "
+                 f"{row['detection_bacc']:.2f} ({row['seconds']:.1f} s)")  # fmt: skip
+
+    own = {r["latent"]: r["explanation"] for r in rows if r["control"] == "planted"}
+
+    def shuffled(i: int) -> None:  # latent i scored under the explanation of latent source[i]
+        record = records[i]
+        if ("shuffled", record.latent) not in done:
+            row = score_latent(client, record, config, embed, explanation=own[records[int(source[i])].latent],
+                               fuzz=config.fuzz and config.shuffled_fuzz)  # fmt: skip
+            record_row("shuffled", names[i], row | {"explanation_of": names[int(source[i])]})
+
+    order, source = shuffle_order(len(records), config.seed)
+    for k, i in enumerate(order.tolist()):  # interleaved, so an interrupted run holds both controls so far
+        record = records[i]
+        if ("planted", record.latent) not in done:
+            row = score_latent(client, record, config, embed)
+            own[record.latent] = row["explanation"]
+            record_row("planted", names[i], row)
+        if k:
+            shuffled(i)
+    shuffled(int(order[0]))
+    table = pd.DataFrame(rows)
+    control_summary(table, list(METRICS)).to_parquet(out / CONTROLS_SUMMARY)
+    return table

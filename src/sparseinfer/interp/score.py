@@ -1,46 +1,44 @@
 """Scoring explanations as the study does: detection (does the explanation pick held-out activating windows out of
 a mix with other latents' windows?) and fuzzing (does it tell the truly activating token from a randomly marked
-one?), each summarised by balanced accuracy and macro-F1; plus the comparison across encoders (Welch's t-test and
-the Mann-Whitney U test on per-latent scores)."""
+one?). Each question is answered by ONE forward pass: the probability of "Yes" against "No" as the next token
+(`logprobs.py`), so a score is both thresholded (balanced accuracy, macro-F1 at P(yes) > 0.5) and graded (AUROC).
+The explanation comes first so that a server's prompt cache reuses it across a latent's questions; the question
+comes last, naming the marked token again for fuzzing (small explainers judge a named token far better than a
+marker inside the text: measured in docs/interp.md)."""
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass
 
 import numpy as np
-import pandas as pd
-from scipy import stats
 from sklearn.metrics import balanced_accuracy_score, f1_score
 
 from sparseinfer.errors import SparseInferError
 from sparseinfer.interp.client import ChatClient, Message
 from sparseinfer.interp.examples import Example, LatentExamples
+from sparseinfer.interp.logprobs import parse_yes_no, yes_probability
+from sparseinfer.interp.stats import auroc, compare
 
-DETECT = (
-    "A feature of a language model is described as: {explanation}\n\nText: {text}\n\n"
-    "Does this text contain the feature? Answer Yes or No."
-)
+__all__ = ["Score", "ask", "binary_scores", "compare", "detection", "fuzzing", "held_out", "parse_yes_no"]
+
+DETECT = "Feature: {explanation}\n\nText: {text}\n\nDoes the text contain {explanation}? Answer Yes or No."
 FUZZ = (
-    "A feature of a language model is described as: {explanation}\n\nText: {text}\n\n"
-    "One token is marked like <<this>>. Is the marked token an example of the feature? Answer Yes or No."
+    "Feature: {explanation}\n\nText: {text}\n\nIn this text the token <<{token}>> is marked. Is the marked token "
+    "{explanation}? Answer Yes or No."
 )
+TOP_LOGPROBS = 20
 
 
 @dataclass(frozen=True)
 class Score:
-    """Binary-classification quality of one scorer on one latent."""
+    """Binary-classification quality of one scorer on one latent (`unparsed`: answers with neither yes nor no
+    among the candidate tokens, scored P(yes) = 0.5)."""
 
     balanced_accuracy: float
     f1: float
+    auroc: float
     n: int
     unparsed: int
-
-
-def parse_yes_no(reply: str) -> bool | None:
-    """True for a yes, False for a no, None when the reply says neither (first such word wins)."""
-    match = re.search(r"\b(yes|no)\b", reply, flags=re.I)
-    return None if match is None else match.group(1).lower() == "yes"
 
 
 def binary_scores(truth: list[bool], predicted: list[bool]) -> tuple[float, float]:
@@ -50,14 +48,36 @@ def binary_scores(truth: list[bool], predicted: list[bool]) -> tuple[float, floa
     return float(balanced_accuracy_score(truth, predicted)), float(f1_score(truth, predicted, average="macro"))
 
 
-def _ask(client: ChatClient, template: str, explanation: str, texts: list[str], truth: list[bool]) -> Score:
+def ask(client: ChatClient, template: str, explanation: str, texts: list[str],
+        tokens: list[str] | None = None) -> list[float | None]:  # fmt: skip
+    """P(yes) for each text under `template` (with its marked token for fuzzing), one 1-token log-probability
+    request each."""
+    tokens = tokens or [""] * len(texts)
+    explanation = explanation.strip().rstrip(".") or "(no explanation)"
     convs: list[list[Message]] = [
-        [{"role": "user", "content": template.format(explanation=explanation, text=t.strip())}] for t in texts
+        [{"role": "user", "content": template.format(explanation=explanation, text=t.strip(), token=k.strip())}]
+        for t, k in zip(texts, tokens, strict=True)
     ]
-    answers = [parse_yes_no(r) for r in client.chat_many(convs, max_tokens=3)]
-    predicted = [bool(a) for a in answers]  # an unparseable reply counts as "no"
-    bacc, f1 = binary_scores(truth, predicted)
-    return Score(bacc, f1, len(truth), sum(a is None for a in answers))
+    if client.config.concurrency > 1 and len(convs) > 1:
+        from concurrent.futures import ThreadPoolExecutor
+
+        with ThreadPoolExecutor(client.config.concurrency) as pool:
+            answers = list(pool.map(lambda c: client.next_token(c, TOP_LOGPROBS), convs))
+    else:
+        answers = [client.next_token(c, TOP_LOGPROBS) for c in convs]
+    return [yes_probability(top, reply) for reply, top in answers]
+
+
+def score_probabilities(truth: list[bool], probabilities: list[float | None]) -> Score:
+    """A `Score` from P(yes) per question (None: unparsed, taken as 0.5)."""
+    p = [0.5 if q is None else q for q in probabilities]
+    bacc, f1 = binary_scores(truth, [q > 0.5 for q in p])
+    return Score(bacc, f1, auroc(p, truth), len(truth), sum(q is None for q in probabilities))
+
+
+def _ask(client: ChatClient, template: str, explanation: str, texts: list[str], truth: list[bool],
+         tokens: list[str] | None = None) -> Score:  # fmt: skip
+    return score_probabilities(truth, ask(client, template, explanation, texts, tokens))
 
 
 def held_out(record: LatentExamples, n_explain: int, n_positives: int) -> list[Example]:
@@ -79,7 +99,7 @@ def fuzzing(client: ChatClient, explanation: str, record: LatentExamples, n_expl
             n_positives: int = 10, seed: int = 0) -> Score:  # fmt: skip
     """Fuzzing score: each held-out window shown with its peak marked (true) and a silent token marked (false)."""
     rng = np.random.default_rng(seed + record.latent)
-    texts, truth = [], []
+    texts, truth, tokens = [], [], []
     for ex in held_out(record, n_explain, n_positives):
         silent = [i for i, a in enumerate(ex.acts) if a == 0]
         if not silent:
@@ -87,26 +107,7 @@ def fuzzing(client: ChatClient, explanation: str, record: LatentExamples, n_expl
         wrong = Example(ex.tokens, ex.acts, int(rng.choice(silent)), ex.context, ex.position)
         texts += [ex.text(("<<", ">>")), wrong.text(("<<", ">>"))]
         truth += [True, False]
+        tokens += [ex.tokens[ex.peak], wrong.tokens[wrong.peak]]
     if not texts:
         raise SparseInferError(f"latent {record.latent} has no held-out window with a silent token to fuzz")
-    return _ask(client, FUZZ, explanation, texts, truth)
-
-
-def compare(scores: pd.DataFrame, metric: str, reference: str | None = None) -> pd.DataFrame:
-    """Per-encoder mean/std/n of `metric`, and Welch's t-test and Mann-Whitney U of each encoder against
-    `reference` (default: the first encoder), two-sided. "Similar interpretability" = large p-values."""
-    if metric not in scores or "encoder" not in scores:
-        raise SparseInferError(f"scores need columns 'encoder' and {metric!r}")
-    groups = {name: g[metric].dropna().to_numpy(float) for name, g in scores.groupby("encoder", sort=False)}
-    reference = reference or next(iter(groups))
-    if reference not in groups:
-        raise SparseInferError(f"no encoder {reference!r} among {sorted(groups)}")
-    ref = groups[reference]
-    rows = []
-    for name, values in groups.items():
-        row = {"encoder": name, "metric": metric, "n": values.size, "mean": values.mean(), "std": values.std(ddof=1)}
-        if name != reference and values.size > 1 and ref.size > 1:
-            row["welch_t"], row["welch_p"] = stats.ttest_ind(values, ref, equal_var=False)
-            row["mannwhitney_u"], row["mannwhitney_p"] = stats.mannwhitneyu(values, ref, alternative="two-sided")
-        rows.append(row)
-    return pd.DataFrame(rows)
+    return _ask(client, FUZZ, explanation, texts, truth, tokens)

