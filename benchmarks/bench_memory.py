@@ -9,6 +9,12 @@ dimension `--dim` per shard) is written with `ActivationStore.append`, then a fr
 bytes, manifest) and the resident set's high-water mark (VmHWM, reset through /proc/self/clear_refs before each
 phase; torch's tensors live there), given as growth over the RSS before the phase. Flat means: the peak does not
 grow with the number of shards. Appends one JSON line to benchmarks/results.jsonl.
+
+    python benchmarks/bench_memory.py --train-store STORE --steps 50
+
+instead runs short `sparseinfer train` runs on a real store (TopK k=32 at 8x, and every study preset at 22x), each
+in a fresh process, and records each one's peak resident set (`wait4`'s ru_maxrss) and wall time: the numbers that
+say whether a preset fits a 24 GB machine (issue 20: before the gradient-graph leak was fixed, they grew every step).
 """
 
 from __future__ import annotations
@@ -83,6 +89,68 @@ def measure(folder: str, steps: int, batch_size: int) -> dict[str, dict[str, flo
     return {"loader": peak(stream), "training": peak(train)}
 
 
+def run_peak(cmd: list[str]) -> dict[str, float]:
+    """Run `cmd` as a child process; its peak resident set (from `wait4`'s rusage, MiB) and wall time (s)."""
+    import os
+    import time
+
+    start = time.perf_counter()
+    child = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    _, status, usage = os.wait4(child.pid, 0)
+    err = child.stderr.read().decode() if child.stderr else ""
+    if os.waitstatus_to_exitcode(status) != 0:
+        raise RuntimeError(f"{' '.join(cmd)} failed: {err[-500:]}")
+    return {"peak_rss_mib": usage.ru_maxrss / 1024, "seconds": time.perf_counter() - start}
+
+
+def train_peaks(store: str, runs: dict[str, list[str]], steps: int) -> list[dict[str, object]]:
+    """Peak RSS of `sparseinfer train` (a fresh process each) on `store` for each named set of training options."""
+    rows = []
+    for name, options in runs.items():
+        with tempfile.TemporaryDirectory() as out:
+            cmd = [sys.executable, "-m", "sparseinfer", "train", str(Path(out) / "run"), "--store", store]
+            cmd += ["--steps", str(steps), "--no-resume", *options]
+            rows.append({"run": name, "options": options, **run_peak(cmd)})
+    return rows
+
+
+TRAIN_RUNS = {
+    "topk k=32 x8": ["--encoder", "topk", "--param", "k=32", "--expansion", "8"],
+    "study-sae": ["--preset", "study-sae"],
+    "study-mlp": ["--preset", "study-mlp"],
+    "study-sparse-coding": ["--preset", "study-sparse-coding"],
+    "study-lca": ["--preset", "study-lca"],
+}
+
+
+def main_train(store: str, steps: int, only: str | None) -> None:
+    """`--train-store`: peak RSS of short `sparseinfer train` runs (every preset) on a real store; one JSON line."""
+    runs = {k: v for k, v in TRAIN_RUNS.items() if only is None or k in only.split(",")}
+    rows = train_peaks(store, runs, steps)
+    print("| run | steps | peak RSS (MiB) | wall (s) |")
+    print("|---|---|---|---|")
+    for r in rows:
+        print(f"| {r['run']} | {steps} | {r['peak_rss_mib']:.0f} | {r['seconds']:.0f} |")
+    record = {
+        "benchmark": "memory_lm_train",
+        "date": datetime.datetime.now().isoformat(timespec="seconds"),
+        "machine": {"platform": platform.platform(), "processor": platform.machine(), "cpus": os_cpus()},
+        "versions": {"torch": torch.__version__, "python": platform.python_version()},
+        "settings": {"store": store, "steps": steps},
+        "results": rows,
+    }
+    print(json.dumps(record))
+    with open(Path(__file__).with_name("results.jsonl"), "a") as handle:
+        handle.write(json.dumps(record) + "\n")
+
+
+def os_cpus() -> int | None:
+    """CPUs available to this process."""
+    import os
+
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--shards", default="4,16,64")
@@ -92,7 +160,12 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=40)
     parser.add_argument("--batch-size", type=int, default=4096)
     parser.add_argument("--child", help=argparse.SUPPRESS)
+    parser.add_argument("--train-store", help="instead: peak RSS of short `sparseinfer train` runs on this store")
+    parser.add_argument("--train-runs", help=f"comma-separated subset of {', '.join(TRAIN_RUNS)}")
     args = parser.parse_args()
+    if args.train_store:
+        main_train(args.train_store, args.steps, args.train_runs)
+        return
     if args.child:
         print(json.dumps(measure(args.child, args.steps, args.batch_size)))
         return

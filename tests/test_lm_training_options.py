@@ -168,12 +168,13 @@ def test_auxk_flops_matmul_part_matches_torch_counter(dead_idx, k_aux):
 
 def test_presets_resolve_for_the_width_and_options_override():
     sae = resolve(LMTrainConfig(preset="study-sae"), 32)
-    assert (sae.encoder, sae.expansion, sae.loss, sae.l1, sae.dead_latents) == ("relu", 22, "study", 1e-4, "resample")
+    assert (sae.encoder, sae.expansion, sae.loss, sae.dead_latents) == ("relu", 22, "study", "resample")
+    assert sae.l1 == pytest.approx(1e-4 * 22 * 32)  # 1e-4 on the mean over tokens of ||s||_1, per element
     mlp = resolve(LMTrainConfig(preset="study-mlp", steps=7), 768)
     assert mlp.hparams == {"hidden": [4224]} and mlp.steps == 7 and resolve(mlp, 768) == mlp
     assert resolve(LMTrainConfig(preset="study-mlp"), 32).hparams == {"hidden": [176]}
     lca = resolve(LMTrainConfig(preset="study-lca", l1=0.5), 32)
-    assert lca.encoder == "lca" and lca.l1 == 0.5 and lca.hparams["penalty"] == pytest.approx(1e-4 / 44)
+    assert lca.encoder == "lca" and lca.l1 == 0.5 and lca.hparams["penalty"] == pytest.approx(1e-4 * 32 / 2)
     assert resolve(LMTrainConfig(preset="study-sparse-coding"), 32).hparams["max_iter"] == 100
     with pytest.raises(SparseInferError, match="unknown preset"):
         resolve(LMTrainConfig(preset="study-xyz"), 32)
