@@ -86,3 +86,18 @@ def test_detection_and_fuzzing_with_a_scripted_llm():
     # the server sends text without logprobs: the reply's yes/no decides; "I cannot tell" is unparsed (P = 0.5)
     assert (det.balanced_accuracy, det.f1, det.n, det.unparsed, det.auroc) == (1.0, 1.0, 5, 3, 1.0)
     assert (fz.balanced_accuracy, fz.n) == (1.0, 4)
+
+
+def test_prevalence_matched_threshold_ignores_a_constant_yes_bias() -> None:
+    """A judge that ranks perfectly but says P(yes) > 0.5 to everything: 1.0 at the matched threshold, 0.5 at 0.5;
+    a judge with one constant answer scores exactly 0.5; a half-right ranking by hand."""
+    from sparseinfer.interp.score import prevalence_matched, score_probabilities
+
+    truth = [True, True, False, False]
+    biased = score_probabilities(truth, [0.99, 0.98, 0.7, 0.6])
+    assert biased.balanced_accuracy == 1.0 and biased.balanced_accuracy_at_half == 0.5 and biased.auroc == 1.0
+    assert prevalence_matched(truth, [0.9, 0.9, 0.9, 0.9]) == (0.5, 0.5)
+    # ranking T F | T F: the top two are one true, one false -> tp 1, tn 1 of 2 each
+    assert prevalence_matched(truth, [0.9, 0.2, 0.8, 0.1])[0] == 0.5
+    # a tie at the cut between one true and one false: each half-called "yes"
+    assert prevalence_matched([True, False, True, False], [0.9, 0.5, 0.5, 0.1])[0] == 0.75

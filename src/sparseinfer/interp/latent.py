@@ -55,9 +55,10 @@ def score_latent(client: ChatClient, record: LatentExamples, config: InterpretCo
         try:
             score = scorer(client, explanation, record, config.n_explain, config.n_samples)
         except SparseInferError:  # too few held-out or negative windows
-            row |= {f"{name}_bacc": float("nan"), f"{name}_f1": float("nan"), f"{name}_auroc": float("nan")}
+            row |= {f"{name}_{m}": float("nan") for m in ("bacc", "f1", "auroc", "bacc_at_half")}
             continue
-        row |= {f"{name}_bacc": score.balanced_accuracy, f"{name}_f1": score.f1, f"{name}_auroc": score.auroc}
+        row |= {f"{name}_bacc": score.balanced_accuracy, f"{name}_f1": score.f1, f"{name}_auroc": score.auroc,
+                f"{name}_bacc_at_half": score.balanced_accuracy_at_half}  # fmt: skip
         row["unparsed"] += score.unparsed
     if embed is not None:
         try:

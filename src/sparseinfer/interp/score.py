@@ -1,7 +1,11 @@
 """Scoring explanations as the study does: detection (does the explanation pick held-out activating windows out of
 a mix with other latents' windows?) and fuzzing (does it tell the truly activating token from a randomly marked
 one?). Each question is answered by ONE forward pass: the probability of "Yes" against "No" as the next token
-(`logprobs.py`), so a score is both thresholded (balanced accuracy, macro-F1 at P(yes) > 0.5) and graded (AUROC).
+(`logprobs.py`), so a score is both thresholded and graded (AUROC). The threshold is the one that calls as many
+questions "yes" as there are true ones (each latent's questions are balanced by construction), i.e. balanced
+accuracy and macro-F1 of the top half by P(yes), ties shared out evenly: a judge's constant bias towards "yes"
+(Qwen2.5-Coder-1.5B answers yes to almost everything with P(yes) > 0.5) then costs nothing, while a judge that
+cannot rank scores 0.5. The plain P(yes) > 0.5 balanced accuracy is kept as `balanced_accuracy_at_half`.
 The explanation comes first so that a server's prompt cache reuses it across a latent's questions; the question
 comes last, naming the marked token again for fuzzing (small explainers judge a named token far better than a
 marker inside the text: measured in docs/interp.md)."""
@@ -39,6 +43,7 @@ class Score:
     auroc: float
     n: int
     unparsed: int
+    balanced_accuracy_at_half: float = float("nan")
 
 
 def binary_scores(truth: list[bool], predicted: list[bool]) -> tuple[float, float]:
@@ -68,11 +73,33 @@ def ask(client: ChatClient, template: str, explanation: str, texts: list[str],
     return [yes_probability(top, reply) for reply, top in answers]
 
 
+def prevalence_matched(truth: list[bool], probabilities: list[float]) -> tuple[float, float]:
+    """(balanced accuracy, macro-F1) when the questions with the n_true highest P(yes) are called "yes"; a tie at
+    the cut is shared out in proportion (the expected value over random tie-breaking), so a constant P(yes) gives
+    exactly 0.5."""
+    t = np.asarray(truth, dtype=bool)
+    p = np.asarray(probabilities, dtype=float)
+    n_pos, n = int(t.sum()), len(t)
+    if n_pos in (0, n) or len(p) != n:
+        raise SparseInferError("scoring needs equally many predictions as labels and both classes among the labels")
+    cut = np.sort(p)[::-1][n_pos - 1]
+    above, tied = p > cut, p == cut
+    share = (n_pos - above.sum()) / tied.sum()  # the fraction of the tied group called "yes"
+    tp = (above & t).sum() + share * (tied & t).sum()
+    fp = n_pos - tp
+    fn, tn = n_pos - tp, (n - n_pos) - fp
+    bacc = 0.5 * (tp / n_pos + tn / (n - n_pos))
+    f1_pos = 2 * tp / (2 * tp + fp + fn) if tp > 0 else 0.0
+    f1_neg = 2 * tn / (2 * tn + fn + fp) if tn > 0 else 0.0
+    return float(bacc), float((f1_pos + f1_neg) / 2)
+
+
 def score_probabilities(truth: list[bool], probabilities: list[float | None]) -> Score:
     """A `Score` from P(yes) per question (None: unparsed, taken as 0.5)."""
     p = [0.5 if q is None else q for q in probabilities]
-    bacc, f1 = binary_scores(truth, [q > 0.5 for q in p])
-    return Score(bacc, f1, auroc(p, truth), len(truth), sum(q is None for q in probabilities))
+    bacc, f1 = prevalence_matched(truth, p)
+    half, _ = binary_scores(truth, [q > 0.5 for q in p])
+    return Score(bacc, f1, auroc(p, truth), len(truth), sum(q is None for q in probabilities), half)
 
 
 def _ask(client: ChatClient, template: str, explanation: str, texts: list[str], truth: list[bool],
