@@ -80,8 +80,8 @@ PRESETS: dict[str, LLMPreset] = {
     ),
     "quick": LLMPreset(
         name="quick",
-        expected="about 60 minutes on 2 CPU cores: harvest ~25, train ~15, evaluate ~10, interp ~10 (measured "
-        "per stage in stages/*.json)",
+        expected="budget 60 minutes on 2 CPU cores, not yet met: the measured harvest rate (352 tokens/s, "
+        "docs/llm-study.md) puts the 1.14M-token harvest alone near 54 minutes; each stage's time is in stages/*.json",
     ),
     "study": LLMPreset(
         name="study", train_contexts=100_000, test_contexts=8_000, dtype="float16", expansion=22, steps=50_000,
