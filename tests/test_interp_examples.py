@@ -143,14 +143,15 @@ def test_interpret_pipeline_and_cli(setup, tmp_path):
     assert scores.detection_bacc.between(0, 1).all() and (scores.unparsed == 0).all()
     # the oracle's answers are fully determined by the examples: recompute one latent's detection by hand
     from sparseinfer.interp.examples import load_examples
-    from sparseinfer.interp.score import binary_scores, held_out
+    from sparseinfer.interp.score import held_out, prevalence_matched
 
     rec = load_examples(tmp_path / "out" / "relu" / "examples.json")[0]
     pos = held_out(rec, 3, 4)
     truth = [True] * len(pos) + [False] * len(rec.negatives)
     pred = ["fox" in ex.text(None) for ex in pos + rec.negatives]
     row = scores[(scores.encoder == "relu") & (scores.latent == rec.latent)].iloc[0]
-    assert (row.detection_bacc, row.detection_f1) == pytest.approx(binary_scores(truth, pred))
+    expected = prevalence_matched(truth, [float(p) for p in pred])
+    assert (row.detection_bacc, row.detection_f1) == pytest.approx(expected)
     from sparseinfer.interp.latent import METRICS
 
     assert set(comparison.metric) == set(METRICS) and (comparison.test.fillna("") != "paired").all()

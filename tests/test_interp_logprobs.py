@@ -64,7 +64,8 @@ def _record() -> LatentExamples:
 
 
 def test_detection_from_logprobs_is_graded():
-    """P(yes) decides at 0.5 and ranks for AUROC: one positive below 0.5 costs accuracy but not the ranking."""
+    """P(yes) ranks for AUROC and the prevalence-matched threshold: one positive below 0.5 costs accuracy at 0.5
+    (`balanced_accuracy_at_half`) but neither the ranking nor the matched threshold."""
     p_yes = {"fox2": 0.9, "fox3": 0.8, "fox4": 0.7, "fox5": 0.45, "cat0": 0.3, "cat1": 0.2, "cat2": 0.1, "cat3": 0.4}
 
     def respond(payload):
@@ -75,5 +76,6 @@ def test_detection_from_logprobs_is_graded():
     with FakeLLMServer(respond) as srv, ChatClient(LLMConfig(base_url=srv.base_url)) as client:
         score = detection(client, "foxes", _record(), n_explain=2, n_positives=4)
     assert len(srv.payloads) == 8 and all(p["max_tokens"] == 1 for p in srv.payloads)
-    assert score.balanced_accuracy == pytest.approx((3 / 4 + 1) / 2) and score.unparsed == 0
+    assert score.balanced_accuracy_at_half == pytest.approx((3 / 4 + 1) / 2) and score.unparsed == 0
+    assert score.balanced_accuracy == 1.0
     assert score.auroc == pytest.approx(auroc(list(p_yes.values()), [True] * 4 + [False] * 4)) == 1.0
