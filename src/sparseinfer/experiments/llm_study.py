@@ -111,12 +111,13 @@ def stage_data(preset: LLMPreset, out: Path, progress: Progress) -> dict[str, An
     from sparseinfer.data.harvest import HarvestConfig, harvest
     from sparseinfer.lm.model import load_model
 
-    model = load_model(preset.model, preset.device)
+    model = load_model(preset.model, preset.device, dtype=getattr(torch, preset.compute_dtype))
     info = {}
     for split, n in (("train", preset.train_contexts), ("test", preset.test_contexts)):
         cfg = HarvestConfig(
             preset.model, (preset.hook,), preset.text, split, preset.context_length, n, preset.contexts_per_shard,
-            preset.harvest_batch, preset.dtype, True, True, preset.device,
+            preset.harvest_batch, preset.dtype, True, True, preset.device, seed=preset.seed,
+            compute_dtype=preset.compute_dtype, threads=preset.harvest_threads,
         )  # fmt: skip
         progress(f"data: harvesting {n} {split} contexts of {preset.context_length} tokens ({preset.text})")
         result = harvest(cfg, out / "data" / split, resume=True, progress=False, model=model)
