@@ -318,7 +318,7 @@ def train(
     if store is not None:
         info = train_from_store(cfg, store, out, device=device, resume=resume, distributed=distributed)
         if distributed and os.environ.get("RANK", "0") != "0":  # one summary line, from rank 0 (group now closed)
-            return
+            _exit_rank()
     else:
         from sparseinfer.data.harvest import HarvestConfig
 
@@ -329,6 +329,16 @@ def train(
         f"{info['config']['encoder']}: fvu {last['fvu']:.4f}, l0 {last['l0']:.1f}, dead {last['dead_fraction']:.3f} "
         f"({info['tokens_per_second']:.0f} tokens/s) -> {out}"
     )
+    if distributed:
+        _exit_rank()
+
+
+def _exit_rank() -> None:
+    """End a finished rank now: its files are written and its process group destroyed, and gloo's
+    background threads can abort the interpreter's own teardown ("terminate called without an active exception")."""
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(0)
 
 
 @app.command()
