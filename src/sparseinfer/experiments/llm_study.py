@@ -173,7 +173,7 @@ def stage_train(preset: LLMPreset, out: Path, progress: Progress) -> dict[str, A
             progress(f"train: {folder.name} ({cfg.encoder}, {cfg.steps} steps of {cfg.batch_size} tokens)")
             record: dict[str, Any] = {}
             with measured(record):
-                run = train_from_store(cfg, store, folder, device=preset.device, progress=False, resume=True)
+                run = train_from_store(cfg, store, folder, device=preset.device, progress=True, resume=True)
             last = run["history"][-1] if run["history"] else {}
             record |= {"fvu": last.get("fvu"), "l0": last.get("l0"), "train_flops": run.get("train_flops")}
             info[folder.name] = record
