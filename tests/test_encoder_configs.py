@@ -26,7 +26,7 @@ from sparseinfer.encoders.ito import ITOEncoder, refiner_names
 from sparseinfer.encoders.relu import ReLUEncoder
 from sparseinfer.encoders.topk import TopKEncoder
 from sparseinfer.errors import SparseInferError
-from sparseinfer.experiments.config import parse_run
+from sparseinfer.experiments.sweep_config import parse_run
 
 M, N = 8, 16
 NAMES = si.available()

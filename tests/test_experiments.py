@@ -11,8 +11,8 @@ import yaml
 
 from sparseinfer.errors import SparseInferError
 from sparseinfer.experiments import reproduce
-from sparseinfer.experiments.config import load_runs, parse_run, parse_sweep
 from sparseinfer.experiments.execute import execute
+from sparseinfer.experiments.sweep_config import load_runs, parse_run, parse_sweep
 
 TINY = {"n_train": 128, "n_test": 128}
 

@@ -121,3 +121,13 @@ def test_walker_sees_a_planted_upward_import(tmp_path: Path) -> None:
     )
     found = imports_of(f, "sparseinfer.lm")
     assert found == {"sparseinfer.cli.app", "sparseinfer.training.fit", "sparseinfer.lm.x"}
+
+
+def test_no_two_modules_share_a_name() -> None:
+    """One name, one thing: two `store.py` (or `report.py`, `config.py`) in different packages mislead readers."""
+    seen: dict[str, list[str]] = {}
+    for path in ROOT.rglob("*.py"):
+        if path.name not in ("__init__.py", "__main__.py"):
+            seen.setdefault(path.name, []).append(str(path.relative_to(ROOT)))
+    shared = {name: paths for name, paths in seen.items() if len(paths) > 1}
+    assert not shared, f"module names used twice: {shared}"

@@ -15,13 +15,13 @@ from sparseinfer.dictionary import Dictionary
 from sparseinfer.encoders.base import create
 from sparseinfer.errors import SparseInferError
 from sparseinfer.evaluation.downstream import downstream_metrics
-from sparseinfer.evaluation.reconstruction import reconstruction_metrics
+from sparseinfer.evaluation.held_out import reconstruction_metrics
 from sparseinfer.lm import capture, load_model
 from sparseinfer.lm.hooks import HookPoint
 from sparseinfer.lm.tiny import build_tiny_model
 from sparseinfer.training.activations import LMTrainConfig, load_run, train_from_store, train_on_the_fly
-from sparseinfer.training.activations.config import default_l1
 from sparseinfer.training.activations.initialise import build, data_scale
+from sparseinfer.training.activations.lm_config import default_l1
 
 WORDS = "the quick brown fox jumps over the lazy dog a stitch in time saves nine all that glitters is not gold".split()
 

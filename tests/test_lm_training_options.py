@@ -227,7 +227,7 @@ def test_cli_train_preset_and_bad_options(store, tmp_path):
 
 
 def test_l0_controller_step_moves_the_log_weight_towards_the_target():
-    from sparseinfer.training.activations.config import l0_controller_step
+    from sparseinfer.training.activations.lm_config import l0_controller_step
 
     assert l0_controller_step(0.0, 16.0, 16.0, 0.05) == 0.0
     assert l0_controller_step(0.0, 32.0, 16.0, 0.05) == pytest.approx(0.05 * math.log(2))  # too dense: raise

@@ -124,8 +124,8 @@ def head_node():
 def test_cli_sweep_on_a_running_cluster_matches_process_backend(tmp_path, head_node):
     """`sparseinfer sweep --backend ray --address ADDR` on a cluster started beforehand writes the same numbers as the
     default process pool."""
-    from sparseinfer.experiments.config import load_runs
     from sparseinfer.experiments.execute import execute
+    from sparseinfer.experiments.sweep_config import load_runs
 
     address, env = head_node
     config = tmp_path / "sweep.yaml"

@@ -152,10 +152,10 @@ def run(
     ray_address: RayAddress = None,
 ) -> None:
     """Run one config or a sweep (a config with `methods:`) into OUT, then write the report."""
-    from sparseinfer.experiments.config import load_runs
     from sparseinfer.experiments.execute import execute
     from sparseinfer.experiments.report import write_report
     from sparseinfer.experiments.runner import run_sweep
+    from sparseinfer.experiments.sweep_config import load_runs
 
     runs = load_runs(config)
     specs = [r.spec() for r in runs]

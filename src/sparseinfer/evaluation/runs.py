@@ -23,9 +23,9 @@ from sparseinfer.encoders.base import Encoder, create
 from sparseinfer.errors import SparseInferError
 from sparseinfer.evaluation.calibrate import Calibration, calibrate
 from sparseinfer.evaluation.downstream import downstream_metrics, hook_point
-from sparseinfer.evaluation.figures import frontier_figure
+from sparseinfer.evaluation.frontier import frontier_figure
+from sparseinfer.evaluation.held_out import reconstruction_metrics
 from sparseinfer.evaluation.matched import matched_l0
-from sparseinfer.evaluation.reconstruction import reconstruction_metrics
 from sparseinfer.lm.model import load_model
 from sparseinfer.training.activations.train import load_run
 

@@ -20,8 +20,8 @@ from sparseinfer.data.synthetic import SyntheticData, make_synthetic
 from sparseinfer.dictionary import Dictionary
 from sparseinfer.encoders import create
 from sparseinfer.encoders.base import Encoder
-from sparseinfer.experiments.config import ITOConfig, RunConfig, parse_run
 from sparseinfer.experiments.files import write_parquet, write_yaml
+from sparseinfer.experiments.sweep_config import ITOConfig, RunConfig, parse_run
 from sparseinfer.flops import optimisation
 from sparseinfer.io import save_sae
 from sparseinfer.metrics import dictionary_mcc, latent_mcc

@@ -290,7 +290,7 @@ def _method_label(row: pd.Series) -> str:
 
 def write_llm_report(out: Path) -> Path:
     """`report.md` and figures from `results.parquet`, `interp/*.parquet`, `config.yaml` and the stage markers."""
-    from sparseinfer.evaluation.figures import frontier_figure
+    from sparseinfer.evaluation.frontier import frontier_figure
 
     out = Path(out)
     results = pd.read_parquet(out / RESULTS)

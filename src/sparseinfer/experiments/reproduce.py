@@ -15,10 +15,10 @@ import pandas as pd
 from sparseinfer.encoders import get
 from sparseinfer.encoders.base import needs_k
 from sparseinfer.errors import SparseInferError
-from sparseinfer.experiments.config import SweepConfig
 from sparseinfer.experiments.execute import execute
 from sparseinfer.experiments.report import write_report
 from sparseinfer.experiments.runner import run_sweep
+from sparseinfer.experiments.sweep_config import SweepConfig
 
 
 @dataclass(frozen=True)

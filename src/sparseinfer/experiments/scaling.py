@@ -22,10 +22,10 @@ from typing import Any
 import pandas as pd
 
 from sparseinfer.errors import SparseInferError
-from sparseinfer.experiments.config import RunConfig, parse_run
 from sparseinfer.experiments.execute import execute
 from sparseinfer.experiments.files import RUNS_DIR, read_parquet, write_parquet
 from sparseinfer.experiments.runner import run_sweep
+from sparseinfer.experiments.sweep_config import RunConfig, parse_run
 from sparseinfer.theory.boundary import recovery_boundary
 
 N_VALUES = (16, 32, 64, 128)

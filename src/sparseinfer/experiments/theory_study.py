@@ -23,11 +23,11 @@ import torch
 
 from sparseinfer.data.synthetic import make_synthetic
 from sparseinfer.errors import SparseInferError
-from sparseinfer.experiments.config import parse_run
 from sparseinfer.experiments.execute import execute
 from sparseinfer.experiments.files import RUNS_DIR, read_parquet, write_json, write_parquet
 from sparseinfer.experiments.runner import RunSpec, run_sweep
 from sparseinfer.experiments.scaling import FISTA
+from sparseinfer.experiments.sweep_config import parse_run
 from sparseinfer.io import load_sae
 from sparseinfer.metrics import fvu, latent_mcc
 from sparseinfer.theory.boundary import recovery_boundary

@@ -13,7 +13,7 @@ from sparseinfer.codes import Codes, as_dense
 from sparseinfer.dictionary import Dictionary
 from sparseinfer.encoders.base import Encoder, IterativeEncoder
 from sparseinfer.errors import SparseInferError
-from sparseinfer.training.activations.config import LMTrainConfig, controller_active, l0_controller_step, schedule
+from sparseinfer.training.activations.lm_config import LMTrainConfig, controller_active, l0_controller_step, schedule
 from sparseinfer.training.activations.losses import AuxK, auxk_flops, batch_variance, normaliser_flops, study_loss
 from sparseinfer.training.activations.resample import resample
 from sparseinfer.training.distributed import DataParallel

@@ -11,7 +11,7 @@ from torch import Tensor
 from sparseinfer.dictionary import Dictionary
 from sparseinfer.encoders.base import Encoder, create
 from sparseinfer.training.activations.centre import centre_of
-from sparseinfer.training.activations.config import LMTrainConfig, resolve
+from sparseinfer.training.activations.lm_config import LMTrainConfig, resolve
 
 
 def tied_rows(encoder: Encoder, n_latents: int, dim: int) -> list[tuple[str, torch.nn.Parameter]]:

@@ -38,8 +38,8 @@ from sparseinfer.errors import SparseInferError
 from sparseinfer.io import RUN_FILE, load_sae, save_sae
 from sparseinfer.io.native import run_provenance
 from sparseinfer.training.activations.callbacks import Callbacks, project_radial
-from sparseinfer.training.activations.config import LMTrainConfig, default_l1, resolve
 from sparseinfer.training.activations.initialise import build, data_scale
+from sparseinfer.training.activations.lm_config import LMTrainConfig, default_l1, resolve
 from sparseinfer.training.config import TrainConfig
 from sparseinfer.training.distributed import DataParallel
 from sparseinfer.training.fit import FitHooks, FitState, fit, learnable_parameters
