@@ -21,13 +21,7 @@ FAST = {"bisection_steps": 6, "calibration": 64}
 ITO = {"max_iter": 40}
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    """Tiny problems: one intra-op thread avoids oversubscribing the 2 shared cores (restored afterwards)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")

@@ -27,12 +27,7 @@ TOL = dict(rtol=1e-5, atol=1e-5)
 TRAIN = dict(expansion=4, steps=20, batch_size=32, lr=3e-3, eval_every=10, warmup_steps=0, dead_latents="none")
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")
