@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 
 import pandas as pd
 import pytest
@@ -133,6 +134,53 @@ def test_paper_preset_follows_the_protocol():
     assert all((r.data.n_latents, r.data.dim, r.data.k, r.data.n_train) == (16, 8, 3, 1024) for r in runs)
 
 
+def test_paper_preset_encoders_are_bias_free_as_the_studys():
+    runs = reproduce.study_sweep("all", "paper", seeds=[0]).expand()
+    for run in runs:
+        if run.encoder is not None and run.encoder.name in ("relu", "mlp"):
+            assert run.encoder.params["bias"] is (run.setting == "known_codes"), (run.setting, run.method)
+    mlps = {(r.setting, r.method) for r in runs if r.encoder is not None and r.encoder.name == "mlp"}
+    assert ("known_dictionary", "mlp-256") in mlps and ("learn_both", "mlp-32") in mlps
+    topk = reproduce.study_sweep("ablation-topk", "paper", seeds=[0]).expand()
+    assert topk and all(r.encoder.params["bias"] is False for r in topk)
+    assert {r.method for r in topk} >= {"sae-topk3", "mlp-256-topk3"}
+
+
+def test_mlp_bias_variant_keeps_the_old_preset_and_labels_it():
+    runs = reproduce.study_sweep("all", "paper", seeds=[0], variant="mlp-bias").expand()
+    by = {(r.setting, r.method): r for r in runs}
+    assert by["known_dictionary", "mlp-256+bias"].encoder.params["bias"] is True
+    assert by["learn_both", "mlp-32+bias"].encoder.params["bias"] is True
+    assert by["known_codes", "mlp-256"].encoder.params["bias"] is True  # the same as the study's: no label
+    assert by["known_dictionary", "sae"].encoder.params["bias"] is False
+    topk = reproduce.study_sweep("ablation-topk", "quick", seeds=[0], variant="mlp-bias").expand()
+    assert {r.encoder.params["bias"] for r in topk if r.method.startswith("mlp-256+bias-topk")} == {True}
+    with pytest.raises(SparseInferError, match="known variants"):
+        reproduce.study_sweep("all", "paper", variant="biased")
+
+
+def test_study_data_seeds_and_data_seed_axis():
+    runs = reproduce.study_sweep("all", "paper", seeds=[0], data_source="study").expand()
+    assert {(r.setting, r.data.seed) for r in runs} == {
+        ("known_codes", 20240625),
+        ("known_dictionary", 20240625),
+        ("learn_both", 20240926),
+    }
+    assert {r.data.source for r in runs} == {"study"}
+    ours = reproduce.study_sweep("known-dictionary", "paper", seeds=[0, 1]).expand()
+    assert {r.data.seed for r in ours} == {0} and {r.data.source for r in ours} == {"sparseinfer"}
+    several = reproduce.study_sweep("known-dictionary", "quick", seeds=[0, 1], data_source="study", data_seeds=3)
+    runs = several.expand()
+    assert len(runs) == 3 * len(ours)
+    assert {r.data.seed for r in runs} == {20240625, 20240626, 20240627}
+    assert len({r.run_id() for r in runs}) == len(runs)
+    with pytest.raises(SparseInferError, match="known sources"):
+        reproduce.study_sweep("all", "paper", data_source="numpy")
+    with pytest.raises(SparseInferError, match="data_seeds"):
+        reproduce.study_sweep("all", "paper", data_seeds=0)
+    assert "20240926" in reproduce.notes("study", "study", 3) and "3 data sets" in reproduce.notes("study", "study", 3)
+
+
 def test_extra_encoders_and_unknown_targets():
     runs = reproduce.study_sweep("learn-both", "quick", encoders=["fista", "topk"], seeds=[0]).expand()
     methods = {r.method for r in runs}
@@ -208,3 +256,19 @@ def test_run_study_hands_the_backend_to_the_runner(tmp_path, monkeypatch, target
     with pytest.raises(SparseInferError, match="stop after the call"):
         reproduce.run_study(target, "quick", tmp_path, seeds=[0], backend="ray", ray_address="127.0.0.1:6379")
     assert seen["backend"] == "ray" and seen["ray_address"] == "127.0.0.1:6379"
+
+
+def test_a_run_config_takes_the_study_data_source(tmp_path):
+    raw = {
+        "setting": "known_dictionary",
+        "method": "mlp-8",
+        "encoder": {"name": "mlp", "params": {"hidden": [8], "bias": False}},
+        "data": {**TINY, "source": "study", "seed": 20240625},
+        "train": {"steps": 10, "eval_every": 10},
+    }
+    result = execute(raw, tmp_path / "run")
+    assert result["config"]["data"]["source"] == "study" and math.isfinite(result["latent_mcc"])
+    with pytest.raises(SparseInferError, match=r"data\.source"):
+        parse_run({**raw, "data": {**TINY, "source": "numpy"}})
+    with pytest.raises(SparseInferError, match="cannot be set"):
+        parse_run({**raw, "data": {**TINY, "source": "study", "signed": True}})

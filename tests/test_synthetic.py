@@ -201,3 +201,81 @@ def test_overrides_apply_to_a_given_config_without_changing_it() -> None:
     data = make_synthetic(cfg, seed=2, k=4)
     assert (data.config.n_latents, data.config.seed, data.config.k) == (32, 2, 4)
     assert cfg.seed == 1 and cfg.k == 3
+
+
+# --- source="study": the reference study's own generator (numpy legacy Mersenne Twister) ---
+
+STUDY_PINS = {  # computed once from make_study_data (float64); any change in the order of draws moves them
+    20240625: {
+        "train0": ([4, 6, 8], [1.218925279342006, 0.22307002716621235, 0.6195801078405266]),
+        "test_last": ([9, 10, 11], [0.24801177605312918, 0.4753361731028946, 0.535538364149388]),
+        "atom0": [-0.09007611784347878, 0.14273843513506979, -0.5313373029508421],
+        "test_x_last": [-0.46994233057327056, 0.42422122516780153],
+    },
+    20240926: {
+        "train0": ([6, 10, 14], [1.117661812388195, 0.8641277571844309, 0.35232398369441276]),
+        "test_last": ([0, 1, 4], [1.38653958695129, 0.7721249978725366, 0.8578864552893202]),
+        "atom0": [0.6134131192368026, 0.10087567809694044, -0.14977426241527822],
+        "test_x_last": [0.041033595088409286, -0.08422627568294715],
+    },
+}
+
+
+@pytest.mark.parametrize("seed", sorted(STUDY_PINS))
+def test_study_generator_pinned_values(seed: int) -> None:
+    from sparseinfer.data.synthetic import STUDY_SEEDS
+
+    assert seed in STUDY_SEEDS.values()
+    data = make_synthetic(source="study", seed=seed, dtype="float64")
+    pins = STUDY_PINS[seed]
+    for name, codes in (("train0", data.train_codes[0]), ("test_last", data.test_codes[-1])):
+        support, values = pins[name]
+        assert torch.nonzero(codes).flatten().tolist() == support
+        np.testing.assert_allclose(codes[support].numpy(), values, rtol=1e-12)
+    np.testing.assert_allclose(data.dictionary.atoms[0, :3].numpy(), pins["atom0"], rtol=1e-12)
+    np.testing.assert_allclose(data.test_x[-1, :2].numpy(), pins["test_x_last"], rtol=1e-12)
+
+
+def test_study_generator_follows_the_protocol_with_the_global_legacy_generator() -> None:
+    """Rebuilt with np.random.seed and the global functions, step by step as the protocol states."""
+    seed, n, dim, k = 20240625, 16, 8, 3
+    state = np.random.get_state()
+    try:
+        np.random.seed(seed)
+        magnitudes = np.abs(np.random.normal(0.0, 1.0, size=(2048, n)))
+        mask = np.zeros((2048, n))
+        for row in mask:
+            row[np.random.choice(n, k, replace=False)] = 1.0
+        atoms = np.random.normal(size=(n, dim))
+    finally:
+        np.random.set_state(state)
+    codes = magnitudes * mask
+    atoms = atoms / np.sqrt((atoms**2).sum(axis=1))[:, None]
+    data = make_synthetic(source="study", seed=seed, dtype="float64")
+    np.testing.assert_array_equal(torch.cat([data.train_codes, data.test_codes]).numpy(), codes)
+    np.testing.assert_allclose(data.dictionary.atoms.numpy(), atoms, rtol=1e-14)
+    np.testing.assert_allclose(data.test_x.numpy(), codes[1024:] @ atoms, rtol=1e-12, atol=1e-14)
+
+
+def test_study_generator_structure_and_determinism() -> None:
+    a = make_synthetic(source="study", seed=20240926)
+    b = make_synthetic(source="study", seed=20240926)
+    c = make_synthetic(source="study", seed=20240625)
+    codes = all_codes(a)
+    assert ((codes != 0).sum(dim=1) == 3).all() and (codes >= 0).all()
+    torch.testing.assert_close(a.dictionary.atoms.norm(dim=1), torch.ones(16))
+    assert a.dictionary.bias is None and not a.dictionary.atoms.requires_grad
+    torch.testing.assert_close(a.train_x, a.train_codes @ a.dictionary.atoms, atol=1e-5, rtol=1e-5)
+    for name in ("train_codes", "test_codes", "train_x", "test_x"):
+        assert torch.equal(getattr(a, name), getattr(b, name))
+        assert not torch.equal(getattr(a, name), getattr(c, name))
+    frequencies = (codes != 0).double().mean(dim=0)  # uniform supports: every latent active with p = K/N
+    assert (frequencies - 3 / 16).abs().max() < 0.03
+    assert not torch.equal(make_synthetic(seed=20240926).train_codes, a.train_codes)  # another generator
+
+
+def test_study_generator_refuses_options_it_does_not_have() -> None:
+    with pytest.raises(SparseInferError, match="noise_std, support_correlation"):
+        make_synthetic(source="study", noise_std=0.1, support_correlation=0.5)
+    with pytest.raises(SparseInferError, match="source"):
+        make_synthetic(source="numpy")

@@ -176,6 +176,13 @@ def reproduce(
     resume: Annotated[bool, typer.Option(help="skip finished runs of an interrupted study")] = False,
     encoders: Annotated[str, typer.Option(help="extra registered encoders to compare, comma-separated")] = "",
     seeds: Annotated[str, typer.Option(help="override the preset's seeds, comma-separated")] = "",
+    data: Annotated[
+        str, typer.Option(help="sparseinfer (this project's generator) or study (the study's numpy draw and seeds)")
+    ] = "sparseinfer",
+    data_seeds: Annotated[int, typer.Option(min=1, help="data sets per method (consecutive data seeds)")] = 1,
+    variant: Annotated[
+        str, typer.Option(help="study (bias-free encoders as the study's) or mlp-bias (MLPs keep biases)")
+    ] = "study",
     backend: Backend = "process",
     ray_address: RayAddress = None,
     llm_url: Annotated[
@@ -202,7 +209,20 @@ def reproduce(
 
     extra = [e.strip() for e in encoders.split(",") if e.strip()]
     seed_list = [int(s) for s in seeds.split(",") if s.strip()] or None
-    run_study(target, preset, out, workers, resume, extra, seed_list, backend=backend, ray_address=ray_address)
+    run_study(
+        target,
+        preset,
+        out,
+        workers,
+        resume,
+        extra,
+        seed_list,
+        backend=backend,
+        ray_address=ray_address,
+        data_source=data,
+        variant=variant,
+        data_seeds=data_seeds,
+    )
     if (out / "results.parquet").exists():
         _print_study(out)
     console.print(f"[green]report written to {out / 'report.md'}[/green]")

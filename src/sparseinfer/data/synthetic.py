@@ -21,6 +21,10 @@ Magnitudes: `half_normal` |z| with z ~ N(0, 1), `exponential` Exp(1), `uniform` 
 `signed` each value gets an independent random sign. With `magnitude_by_frequency` the magnitude of latent i is
 multiplied by `w_i / max(w)`: the most frequent latent keeps the base distribution, rarer ones are smaller
 (no effect with uniform frequencies).
+
+`source="study"` is the reference study's own generator instead (`make_study_data`, numpy's legacy Mersenne
+Twister, seeds `STUDY_SEEDS`): same distributions as the defaults above, another stream of draws, so the same seed
+gives another data set.
 """
 
 from __future__ import annotations
@@ -29,6 +33,7 @@ import math
 from dataclasses import dataclass
 from typing import Any, Literal
 
+import numpy as np
 import torch
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 from torch import Tensor
@@ -37,6 +42,8 @@ from sparseinfer.dictionary import Dictionary
 from sparseinfer.errors import SparseInferError
 
 _DTYPES = {"float32": torch.float32, "float64": torch.float64}
+STUDY_SEEDS = {"known_codes": 20240625, "known_dictionary": 20240625, "learn_both": 20240926}
+"""The reference study's data seeds (numpy legacy generator): one data set for settings 1 and 2, one for setting 3."""
 
 
 class SyntheticConfig(BaseModel):
@@ -58,11 +65,22 @@ class SyntheticConfig(BaseModel):
     noise_std: float = Field(0.0, ge=0.0, description="std of Gaussian observation noise added to x")
     support_correlation: float = Field(0.0, ge=0.0, lt=1.0, description="copula correlation within blocks of K")
     dtype: Literal["float32", "float64"] = "float32"
+    source: Literal["sparseinfer", "study"] = Field(
+        "sparseinfer", description="'study': the reference study's numpy generator (uniform half-normal codes only)"
+    )
 
     @model_validator(mode="after")
     def _k_at_most_n(self) -> SyntheticConfig:
         if self.k > self.n_latents:
             raise ValueError(f"k={self.k} exceeds n_latents={self.n_latents}: at most N latents can be active")
+        if self.source == "study":
+            defaults = SyntheticConfig.model_fields
+            changed = [name for name in _STUDY_FIXED if getattr(self, name) != defaults[name].default]
+            if changed:
+                raise ValueError(
+                    f"source 'study' draws uniform supports of half-normal codes without noise: "
+                    f"{', '.join(changed)} cannot be set with it"
+                )
         return self
 
     @property
@@ -93,9 +111,22 @@ def latent_weights(config: SyntheticConfig) -> Tensor:
     return w / w.sum()
 
 
+_STUDY_FIXED = (
+    "frequency",
+    "zipf_exponent",
+    "magnitude_by_frequency",
+    "values",
+    "signed",
+    "noise_std",
+    "support_correlation",
+)
+
+
 def make_synthetic(config: SyntheticConfig | None = None, **overrides: Any) -> SyntheticData:
     """Draw the dictionary and `n_train + n_test` samples from `config` (plus field overrides), deterministically."""
     config = _resolve(config, overrides)
+    if config.source == "study":
+        return make_study_data(config)
     gen = torch.Generator().manual_seed(config.seed)
     n, dim, n_samples = config.n_latents, config.dim, config.n_train + config.n_test
     f64 = torch.float64
@@ -120,6 +151,37 @@ def make_synthetic(config: SyntheticConfig | None = None, **overrides: Any) -> S
     codes, x = codes.to(config.torch_dtype), x.to(config.torch_dtype)
     cut = config.n_train
     return SyntheticData(config, dictionary, codes[:cut], codes[cut:], x[:cut], x[cut:])
+
+
+def make_study_data(config: SyntheticConfig) -> SyntheticData:
+    """The reference study's data set, drawn as its protocol states, from `np.random.RandomState(config.seed)`.
+
+    `RandomState(seed)` is the stream `np.random.seed(seed)` starts for the global legacy functions, held locally so
+    that no global state changes. With S = n_train + n_test samples, N latents, M dimensions, in this order:
+
+    1. magnitudes: `abs(randn(S, N))`, |z| with z ~ N(0, 1) for every latent of every sample (row-major);
+    2. supports: for each sample in turn, `choice(N, K, replace=False)`, a uniformly random K-subset (legacy
+       `choice` draws a full permutation of N per call); the magnitudes off the support are set to 0;
+    3. dictionary: `randn(N, M)`, each row divided by its L2 norm (unit atoms);
+    4. signals: x = codes @ atoms (no noise); the first n_train samples train, the rest test.
+
+    Everything is computed in float64 and then cast to `config.dtype`. Seeds of the study: `STUDY_SEEDS`.
+    """
+    rng = np.random.RandomState(config.seed)
+    n, dim, k, n_samples = config.n_latents, config.dim, config.k, config.n_train + config.n_test
+    magnitudes = np.abs(rng.randn(n_samples, n))
+    active = np.zeros((n_samples, n), dtype=bool)
+    for i in range(n_samples):
+        active[i, rng.choice(n, k, replace=False)] = True
+    codes = np.where(active, magnitudes, 0.0)
+    atoms = rng.randn(n, dim)
+    atoms /= np.linalg.norm(atoms, axis=1, keepdims=True)
+    x = codes @ atoms
+    dtype = config.torch_dtype
+    dictionary = Dictionary(torch.from_numpy(atoms).to(dtype), normalise=False).requires_grad_(False)
+    codes_t, x_t = torch.from_numpy(codes).to(dtype), torch.from_numpy(x).to(dtype)
+    cut = config.n_train
+    return SyntheticData(config, dictionary, codes_t[:cut], codes_t[cut:], x_t[:cut], x_t[cut:])
 
 
 def _resolve(config: SyntheticConfig | None, overrides: dict[str, Any]) -> SyntheticConfig:
