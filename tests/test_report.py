@@ -13,8 +13,15 @@ from rich.console import Console
 
 from sparseinfer.cli.tables import print_study_tables
 from sparseinfer.errors import SparseInferError
-from sparseinfer.experiments.figures import frontier, mean_curve
-from sparseinfer.experiments.report import eng, load_results, summarise, sweep_axes, write_report
+from sparseinfer.experiments.figures import MeanCurve, data_seed_curve, frontier, mean_curve
+from sparseinfer.experiments.report import (
+    eng,
+    load_results,
+    spread_by_source,
+    summarise,
+    sweep_axes,
+    write_report,
+)
 
 SETTINGS = ("known_codes", "learn_both")
 # Final latent MCC of seeds 0, 1, 2: means and sample stds are easy by hand (e.g. 0.5, 0.6, 0.7 -> 0.6 ± 0.1).
@@ -259,3 +266,70 @@ def test_several_sizes_get_their_own_figures_and_columns(tmp_path: Path) -> None
     for stem in ("known_codes_N16_M8_K3", "known_codes_N32_M16_K3"):
         assert (tmp_path / "figures" / f"{stem}_frontier.png").stat().st_size > 20_000
         assert f"figures/{stem}_mcc_vs_step.png" in text
+
+
+def test_spread_by_source_known_case_and_scipy_anova() -> None:
+    from scipy.stats import f_oneway
+
+    values = pd.Series([0.5, 0.7, 0.8, 1.0, 0.55, 0.65])
+    data = pd.Series([0, 0, 1, 1, 2, 2])
+    model, between = spread_by_source(values, data)
+    # Within-data-set variances 0.02, 0.02, 0.005 -> mean 0.015; data-set means 0.6, 0.9, 0.6 -> std sqrt(0.03).
+    assert model == pytest.approx(np.sqrt(0.015)) and between == pytest.approx(np.sqrt(0.03))
+    # One-way ANOVA with equal groups of n = 2: F = n * var(means) / mean within variance.
+    f = f_oneway([0.5, 0.7], [0.8, 1.0], [0.55, 0.65]).statistic
+    assert f == pytest.approx(2 * between**2 / model**2)
+    one = spread_by_source(pd.Series([0.5, 0.6, 0.7]), pd.Series([4, 4, 4]))
+    assert one[0] == pytest.approx(0.1) and np.isnan(one[1])
+    single = spread_by_source(pd.Series([0.5, 0.9]), pd.Series([0, 1]))  # one model seed per data set
+    assert np.isnan(single[0]) and single[1] == pytest.approx(np.std([0.5, 0.9], ddof=1))
+
+
+def test_data_seed_curve_pools_model_variance_and_spreads_means() -> None:
+    x = np.array([0.0, 1.0, 2.0])
+    a = MeanCurve(x, np.array([0.1, 0.5, 0.6]), np.array([0.1, 0.2, np.nan]), 3)
+    b = MeanCurve(x, np.array([0.3, 0.5, 0.8]), np.array([0.3, 0.0, np.nan]), 3)
+    c = data_seed_curve([a, b])
+    np.testing.assert_allclose(c.mean, [0.2, 0.5, 0.7])
+    np.testing.assert_allclose(c.std, [np.sqrt(0.05), np.sqrt(0.02), np.nan])
+    np.testing.assert_allclose(c.data_std, [np.sqrt(0.02), 0.0, np.sqrt(0.02)])
+    assert (c.n_seeds, c.n_data_seeds) == (6, 2)
+    with pytest.raises(SparseInferError, match="at least one"):
+        data_seed_curve([])
+
+
+def _with_data_seeds(root: Path) -> pd.DataFrame:
+    """The known results on two data sets: data seed 1 adds 0.1 to every final MCC (and to its curve)."""
+    results = _make_results_dir(root, with_notes=False)
+    results["config.data.seed"] = 0
+    second = results.copy()
+    second["config.data.seed"] = 1
+    second["latent_mcc"] += 0.1
+    second["run_id"] += "-d1"
+    for old, new in zip(results["run_id"], second["run_id"], strict=True):
+        hist = pd.read_parquet(root / "runs" / old / "history.parquet")
+        hist["latent_mcc"] += 0.1
+        (root / "runs" / new).mkdir()
+        hist.to_parquet(root / "runs" / new / "history.parquet", index=False)
+    both = pd.concat([results, second], ignore_index=True)
+    both.to_parquet(root / "results.parquet", index=False)
+    return both
+
+
+def test_data_seeds_are_pooled_with_the_spread_split_by_source(tmp_path: Path) -> None:
+    results = _with_data_seeds(tmp_path)
+    assert "config.data.seed" not in sweep_axes(results)
+    summary = summarise(results, sweep_axes(results))
+    row = summary.set_index(["setting", "method"]).loc[("known_codes", "sae")]
+    assert (row["n_seeds"], row["n_data_seeds"]) == (6, 2)
+    assert row["latent_mcc_mean"] == pytest.approx(0.65)  # 0.5, 0.6, 0.7 and 0.6, 0.7, 0.8
+    assert row["latent_mcc_model_std"] == pytest.approx(0.1)
+    assert row["latent_mcc_data_std"] == pytest.approx(np.std([0.6, 0.7], ddof=1))
+    text = write_report(tmp_path).read_text()
+    assert "| method | n | latent MCC | data sets | ± model seeds | ± data seeds |" in text
+    assert "| sae | 6 | 0.650 ± 0.105 | 2 | 0.100 | 0.071 |" in text
+    assert "lighter one ± the data-seed std" in text
+    assert (tmp_path / "figures" / "known_codes_mcc_vs_step.png").stat().st_size > 20_000
+    one = summarise(results[results["config.data.seed"] == 0])
+    assert one["n_data_seeds"].eq(1).all() and one["latent_mcc_data_std"].isna().all()
+    np.testing.assert_allclose(one["latent_mcc_model_std"], one["latent_mcc_std"])

@@ -1,5 +1,7 @@
 """Figures of a sweep, drawn from run histories only: MCC against training step and against total FLOPs (mean ± std
-over seeds), and the compute-optimal frontier (which method is best at each FLOP budget).
+over seeds), and the compute-optimal frontier (which method is best at each FLOP budget). A method run on several
+data sets (histories with a `data_seed` column) gets two bands: ± the model-seed std (pooled within data sets) and,
+lighter, ± the data-seed std (of the per-data-set mean curves).
 
 Uses matplotlib's object API (`Figure`, no pyplot), so it runs headless on the Agg canvas and changes no global
 state. Every figure is saved as PNG (dpi 150) and PDF.
@@ -7,6 +9,7 @@ state. Every figure is saved as PNG (dpi 150) and PDF.
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import re
 from collections.abc import Iterable, Mapping, Sequence
@@ -19,6 +22,7 @@ import pandas as pd
 from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
+from matplotlib.patches import Patch
 from numpy.typing import ArrayLike
 
 from sparseinfer.errors import SparseInferError
@@ -54,6 +58,8 @@ class MeanCurve:
     std: np.ndarray
     n_seeds: int
     post_start: float | None = None  # x where the post-training (ITO) phase begins, median over seeds
+    data_std: np.ndarray | None = None  # std over data seeds of the per-data-set means (several data sets only)
+    n_data_seeds: int = 1
 
 
 @dataclass
@@ -97,6 +103,26 @@ def mean_curve(series: Sequence[tuple[ArrayLike, ArrayLike]], log_x: bool = Fals
         mean = np.nansum(ys, axis=0) / np.where(count > 0, count, np.nan)
         var = np.nansum((ys - mean) ** 2, axis=0) / np.where(count > 1, count - 1, np.nan)
     return MeanCurve(x=grid, mean=mean, std=np.sqrt(var), n_seeds=len(runs))
+
+
+def data_seed_curve(per_data_seed: Sequence[MeanCurve], log_x: bool = False, n_grid: int = N_GRID) -> MeanCurve:
+    """Combine one mean curve per data set: the mean of their means, `std` the root mean of their model-seed
+    variances (NaN where no data set has two seeds), `data_std` the sample std of their means."""
+    if not per_data_seed:
+        raise SparseInferError("data_seed_curve needs at least one curve")
+    between = mean_curve([(c.x, c.mean) for c in per_data_seed], log_x, n_grid)
+    t = np.log10 if log_x else (lambda v: v)
+    variances = []
+    for c in per_data_seed:
+        ok = np.isfinite(c.x) & ((c.x > 0) if log_x else True)
+        var = np.interp(t(between.x), t(c.x[ok]), c.std[ok] ** 2, left=np.nan, right=np.nan)
+        variances.append(var)
+    stacked = np.stack(variances)
+    count = np.isfinite(stacked).sum(axis=0)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        within = np.sqrt(np.nansum(stacked, axis=0) / np.where(count > 0, count, np.nan))
+    n_seeds = sum(c.n_seeds for c in per_data_seed)
+    return MeanCurve(between.x, between.mean, within, n_seeds, None, between.std, len(per_data_seed))
 
 
 def frontier(curves: Mapping[str, tuple[ArrayLike, ArrayLike]], budgets: ArrayLike | None = None) -> pd.DataFrame:
@@ -175,19 +201,21 @@ def _figure_set(
     for axis in ("step", "flops"):
         fig, axes = _panels(len(panels))
         handles: dict[str, Line2D] = {}
-        post_phase = False
+        post_phase = data_bands = False
         for ax, metric in zip(axes, panels, strict=True):
             mean_curves = _label_curves(part, axis, metric)
             if axis == "flops" and metric == "latent_mcc":
                 flops_curves = mean_curves
             post_phase |= any(c.post_start is not None for c in mean_curves.values())
+            data_bands |= any(c.n_data_seeds > 1 for c in mean_curves.values())
             handles.update(_draw_curves(ax, mean_curves, colours, log_x=axis == "flops"))
             ax.set_xlabel(_X_LABELS[axis])
             ax.set_ylabel(_Y_LABELS[metric])
             ax.set_title(_Y_LABELS[metric].split(" (")[0])
         what = "training step" if axis == "step" else "total FLOPs"
-        fig.suptitle(f"{setting}: MCC vs {what} ({size_text}; mean ± std over seeds)")
-        _legend(fig, [handles[k] for k in sorted(handles)], post_phase=post_phase)
+        over = "model and data seeds" if data_bands else "seeds"
+        fig.suptitle(f"{setting}: MCC vs {what} ({size_text}; mean ± std over {over})")
+        _legend(fig, [handles[k] for k in sorted(handles)], post_phase=post_phase, data_bands=data_bands)
         result.files[axis] = _save(fig, out_dir / f"{stem}_mcc_vs_{axis}")
     front = frontier({name: (c.x, c.mean) for name, c in flops_curves.items()})
     result.frontier = front
@@ -206,20 +234,25 @@ def _label_curves(part: pd.DataFrame, axis: str, metric: str) -> dict[str, MeanC
     result = {}
     log_x = axis == "flops"
     for label, runs in part.groupby("label", sort=True):
-        series, starts = [], []
-        for _, run in runs.groupby("run_id", sort=True):
-            run = _ordered(run)
-            x = run["_step"].to_numpy(float) if axis == "step" else run["total_flops"].to_numpy(float)
-            y = run[metric].to_numpy(float) if metric in run else np.full(len(run), np.nan)
-            if np.isfinite(y).any() and (not log_x or (x > 0).any()):
-                series.append((x, y))
-                post = run["phase"].to_numpy() != TRAIN_PHASE
-                if post.any():
-                    starts.append(float(x[np.argmax(post)]))
-        if series:
-            curve = mean_curve(series, log_x=log_x)
+        by_data = list(runs.groupby("data_seed", sort=True)) if "data_seed" in runs else [(0, runs)]
+        per_data, starts = [], []
+        for _, data_runs in by_data:
+            series = []
+            for _, run in data_runs.groupby("run_id", sort=True):
+                run = _ordered(run)
+                x = run["_step"].to_numpy(float) if axis == "step" else run["total_flops"].to_numpy(float)
+                y = run[metric].to_numpy(float) if metric in run else np.full(len(run), np.nan)
+                if np.isfinite(y).any() and (not log_x or (x > 0).any()):
+                    series.append((x, y))
+                    post = run["phase"].to_numpy() != TRAIN_PHASE
+                    if post.any():
+                        starts.append(float(x[np.argmax(post)]))
+            if series:
+                per_data.append(mean_curve(series, log_x=log_x))
+        if per_data:
+            curve = per_data[0] if len(per_data) == 1 else data_seed_curve(per_data, log_x=log_x)
             start = float(np.median(starts)) if starts else None
-            result[str(label)] = MeanCurve(curve.x, curve.mean, curve.std, curve.n_seeds, start)
+            result[str(label)] = dataclasses.replace(curve, post_start=start)
     return result
 
 
@@ -252,8 +285,14 @@ def _draw_curves(ax: Axes, curves: Mapping[str, MeanCurve], colours: Mapping, lo
                 ax.plot(c.x[split:], c.mean[split:], color=colour, lw=lw, ls="--", zorder=z)
             band = np.isfinite(c.std)
             if band.any():
-                ax.fill_between(c.x, c.mean - c.std, c.mean + c.std, where=band, color=colour, alpha=0.2, lw=0)
-        handles[name] = Line2D([], [], color=colour, lw=2.5, label=f"{name} (n={c.n_seeds})")
+                ax.fill_between(c.x, c.mean - c.std, c.mean + c.std, where=band, color=colour, alpha=0.25, lw=0)
+            if c.data_std is not None and np.isfinite(c.data_std).any():
+                lo, hi = c.mean - c.data_std, c.mean + c.data_std
+                ax.fill_between(c.x, lo, hi, where=np.isfinite(c.data_std), color=colour, alpha=0.1, lw=0)
+                for edge in (lo, hi):
+                    ax.plot(c.x, edge, color=colour, lw=0.8, ls=":", zorder=z)
+        runs = f"{c.n_data_seeds} data sets x {c.n_seeds // c.n_data_seeds}" if c.n_data_seeds > 1 else f"n={c.n_seeds}"
+        handles[name] = Line2D([], [], color=colour, lw=2.5, label=f"{name} ({runs})")
     if log_x:
         ax.set_xscale("log")
     if not curves:
@@ -293,8 +332,13 @@ def _panels(n: int) -> tuple[Figure, list[Axes]]:
     return fig, list(axes)
 
 
-def _legend(fig: Figure, handles: list[Line2D], post_phase: bool, title: str = "method (seeds)") -> None:
+def _legend(
+    fig: Figure, handles: list[Line2D], post_phase: bool, title: str = "method (seeds)", data_bands: bool = False
+) -> None:
     handles = list(handles)
+    if data_bands:
+        handles.append(Patch(color="grey", alpha=0.45, label="± std over model seeds (pooled)"))
+        handles.append(Patch(color="grey", alpha=0.15, ls=":", label="± std over data seeds (dotted edges)"))
     if post_phase:
         handles.append(Line2D([], [], color="grey", ls="--", lw=1.8, label="dashed: inference-time optimisation"))
     fig.legend(handles=handles, loc="outside right center", frameon=False, title=title)

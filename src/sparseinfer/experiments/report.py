@@ -3,6 +3,10 @@ setting in the terminal and in `report.md`, and the figures of `figures.py` link
 
 Inputs: `results_dir/results.parquet` (one row per run) and `results_dir/runs/<run_id>/history.parquet` (one row per
 evaluation point of a run). Optional `results_dir/notes.md` (the protocol's fixed defects) is included verbatim.
+
+Runs that differ only in their data seed (`config.data.seed`) are replicates, like model seeds: they are pooled, and
+when a method ran on several data sets the tables split its spread into the spread over model seeds (the pooled
+within-data-set std) and the spread over data seeds (the std of the per-data-set means).
 """
 
 from __future__ import annotations
@@ -29,6 +33,7 @@ HISTORY_FILE = "history.parquet"
 REPORT_FILE = "report.md"
 NOTES_FILE = "notes.md"
 FIGURES_DIR = "figures"
+DATA_SEED_COLUMN = "config.data.seed"
 METRICS = ("latent_mcc", "best_latent_mcc", "dict_mcc")
 REQUIRED_COLUMNS = (
     "run_id",
@@ -47,21 +52,50 @@ _HEADERS = {
     "dict_mcc": "dict MCC",
     "total_flops_mean": "total FLOPs",
     "wall_time_s_mean": "wall time (s)",
+    "n_data_seeds": "data sets",
+    "latent_mcc_model_std": "± model seeds",
+    "latent_mcc_data_std": "± data seeds",
 }
 
 
+def data_seeds(results: pd.DataFrame) -> pd.Series:
+    """Each run's data seed (`config.data.seed`); 0 for results written before the column existed."""
+    if DATA_SEED_COLUMN in results:
+        return results[DATA_SEED_COLUMN].fillna(0).astype(int)
+    return pd.Series(0, index=results.index, dtype=int)
+
+
+def spread_by_source(values: pd.Series, data_seed: pd.Series) -> tuple[float, float]:
+    """(model-seed std, data-seed std) of one method's runs: the root of the mean, over data sets, of the sample
+    variance over model seeds (data sets with one run left out); and the sample std of the per-data-set means (NaN
+    with one data set)."""
+    frame = pd.DataFrame({"v": values.to_numpy(float), "d": data_seed.to_numpy()})
+    by_data = frame.groupby("d")["v"]
+    within = by_data.var(ddof=1).dropna()
+    means = by_data.mean().dropna()
+    model = float(np.sqrt(within.mean())) if len(within) else math.nan
+    data = float(means.std(ddof=1)) if len(means) > 1 else math.nan
+    return model, data
+
+
 def summarise(results: pd.DataFrame, group_by: Sequence[str] = ()) -> pd.DataFrame:
-    """Aggregate runs over seeds per (setting, method, *group_by, n_latents, dim, k): n_seeds, mean and sample
-    std (ddof=1, NaN for one seed) of each MCC, mean total FLOPs and mean wall time. Sorted by setting, size, and
-    latent MCC (best first)."""
+    """Aggregate runs over seeds (model and data seeds) per (setting, method, *group_by, n_latents, dim, k): n_seeds
+    (runs), n_data_seeds, mean and sample std (ddof=1, NaN for one run) of each MCC, the latent MCC's spread split by
+    source (`spread_by_source`: latent_mcc_model_std, latent_mcc_data_std), mean total FLOPs and mean wall time.
+    Sorted by setting, size, and latent MCC (best first)."""
     _require(results, (*REQUIRED_COLUMNS[1:], *group_by), "results")
     keys = ["setting", "method", *(c for c in group_by if c not in ("setting", "method", *SIZE_COLUMNS))]
     keys += SIZE_COLUMNS
+    results = results.assign(_data_seed=data_seeds(results))
     grouped = results.groupby(keys, dropna=False, sort=False)
     table = grouped.size().rename("n_seeds").to_frame()
+    table["n_data_seeds"] = grouped["_data_seed"].nunique()
     for metric in METRICS:
         table[f"{metric}_mean"] = grouped[metric].mean()
         table[f"{metric}_std"] = grouped[metric].std(ddof=1)
+    spreads = grouped.apply(lambda g: spread_by_source(g["latent_mcc"], g["_data_seed"]), include_groups=False)
+    table["latent_mcc_model_std"] = spreads.map(lambda t: t[0])
+    table["latent_mcc_data_std"] = spreads.map(lambda t: t[1])
     table["total_flops_mean"] = grouped["total_flops"].mean()
     table["wall_time_s_mean"] = grouped["wall_time_s"].mean()
     table = table.reset_index()
@@ -97,10 +131,11 @@ def load_results(results_dir: Path) -> pd.DataFrame:
 def load_histories(
     results_dir: Path, results: pd.DataFrame, group_by: Sequence[str] = ()
 ) -> tuple[pd.DataFrame, list[str]]:
-    """Every run's history with its setting, label and size attached (`figures.CURVE_COLUMNS` plus dict_mcc), and
-    the run ids whose history file is absent."""
+    """Every run's history with its setting, label, size and data seed attached (`figures.CURVE_COLUMNS` plus
+    dict_mcc and data_seed), and the run ids whose history file is absent."""
     frames, absent = [], []
     labels = run_labels(results, group_by)
+    seeds = data_seeds(results).reset_index(drop=True)
     for i, run in results.reset_index(drop=True).iterrows():
         path = Path(results_dir) / RUNS_DIR / str(run["run_id"]) / HISTORY_FILE
         if not path.is_file():
@@ -109,8 +144,8 @@ def load_histories(
         history = read_parquet(path)
         _require(history, HISTORY_COLUMNS, str(path))
         extra = {c: run[c] for c in ("run_id", "setting", *SIZE_COLUMNS)}
-        frames.append(history.assign(label=labels.iloc[i], **extra))
-    columns = [*CURVE_COLUMNS, "dict_mcc"]
+        frames.append(history.assign(label=labels.iloc[i], data_seed=seeds.iloc[i], **extra))
+    columns = [*CURVE_COLUMNS, "dict_mcc", "data_seed"]
     if not frames:
         return pd.DataFrame(columns=columns), absent
     curves = pd.concat(frames, ignore_index=True)
@@ -146,9 +181,10 @@ def write_report(results_dir: Path, group_by: Sequence[str] = ()) -> Path:
 
 def sweep_axes(results: pd.DataFrame) -> tuple[str, ...]:
     """Config columns (`config.*`) that vary within some (setting, method) group: the sweep's hyperparameter axes,
-    which the tables and curves must keep apart rather than average over."""
+    which the tables and curves must keep apart rather than average over. The data seed is not one (a replicate)."""
     axes = []
-    for column in sorted(c for c in results.columns if c.startswith("config.")):
+    replicates = (DATA_SEED_COLUMN,)  # data seeds are pooled like model seeds, not kept apart
+    for column in sorted(c for c in results.columns if c.startswith("config.") and c not in replicates):
         values = results[column].astype(str)
         if values.groupby([results["setting"], results["method"]]).nunique().max() > 1:
             axes.append(column)
@@ -185,6 +221,13 @@ def _markdown(
         "MCC on the test set; total FLOPs = training + inference of the test codes.",
         "",
     ]
+    if summary["n_data_seeds"].max() > 1:
+        lines += [
+            "Methods ran on several data sets (data seeds): mean and ± pool every run; '± model seeds' is the "
+            "root mean within-data-set variance over model seeds, '± data seeds' the std of the per-data-set means "
+            "(latent MCC). Figures: the darker band is ± the model-seed std, the lighter one ± the data-seed std.",
+            "",
+        ]
     notes = results_dir / NOTES_FILE
     if notes.is_file():
         lines += ["## Notes on the protocol", "", notes.read_text(encoding="utf-8").strip(), ""]
@@ -237,13 +280,18 @@ def setting_tables(summary: pd.DataFrame) -> list[tuple[str, str, list[str], lis
         one_size = len(sizes) == 1
         size = "N={}, M={}, K={}".format(*sizes.iloc[0]) if one_size else ""
         metrics = [m for m in METRICS if part[f"{m}_mean"].notna().any()]
+        several = "n_data_seeds" in part and part["n_data_seeds"].max() > 1 and metrics[:1] == ["latent_mcc"]
+        split = ["n_data_seeds", "latent_mcc_model_std", "latent_mcc_data_std"] if several else []
         headers = ["method", *group_by, *([] if one_size else ["N", "M", "K"]), "n"]
-        headers += [_HEADERS[m] for m in metrics] + [_HEADERS["total_flops_mean"], _HEADERS["wall_time_s_mean"]]
+        headers += [_HEADERS[m] for m in metrics[:1]] + [_HEADERS[c] for c in split]
+        headers += [_HEADERS[m] for m in metrics[1:]] + [_HEADERS["total_flops_mean"], _HEADERS["wall_time_s_mean"]]
         rows = []
         for _, r in part.iterrows():
             row = [str(r["method"]), *(_value(r[c]) for c in group_by)]
             row += [] if one_size else [str(int(r[c])) for c in SIZE_COLUMNS]
-            row += [str(int(r["n_seeds"]))] + [_pm(r[f"{m}_mean"], r[f"{m}_std"]) for m in metrics]
+            cells = [_pm(r[f"{m}_mean"], r[f"{m}_std"]) for m in metrics]
+            spread = [str(int(r[split[0]])), *(_std(r[c]) for c in split[1:])] if several else []
+            row += [str(int(r["n_seeds"])), *cells[:1], *spread, *cells[1:]]
             row += [eng(r["total_flops_mean"]), f"{r['wall_time_s_mean']:.1f}"]
             rows.append(row)
         out.append((str(setting), size, headers, rows))
@@ -255,6 +303,11 @@ def _pm(mean: float, std: float) -> str:
     if not np.isfinite(mean):
         return "—"
     return f"{mean:.3f} ± {std:.3f}" if np.isfinite(std) else f"{mean:.3f}"
+
+
+def _std(value: float) -> str:
+    """'0.013'; '—' when undefined."""
+    return f"{value:.3f}" if np.isfinite(value) else "—"
 
 
 def _value(v: object) -> str:
