@@ -106,16 +106,29 @@ class Encoder(nn.Module):
 
 @dataclass
 class Diagnostics:
-    """Convergence of one batched solve: iterations run, whether every sample met the tolerance, last change."""
+    """Convergence of one batched solve: iterations run, whether every sample met the tolerance, last measure.
+
+    `measure` names what `max_change` is (the quantity the stopping rule compares with its tolerance); `tested`
+    False means no convergence test ran (e.g. tol = 0: a fixed number of steps), and then nothing claims
+    convergence: `converged` is False and the summary says so.
+    """
 
     iterations: int
     converged: bool
     max_change: float
     n_unconverged: int = 0
+    tested: bool = True
+    measure: str = "max relative change"
+
+    def __post_init__(self) -> None:
+        if not self.tested:
+            self.converged, self.n_unconverged = False, 0
 
     def __str__(self) -> str:
+        if not self.tested:
+            return f"{self.iterations} iterations, no convergence test"
         state = "converged" if self.converged else f"{self.n_unconverged} sample(s) not converged"
-        return f"{self.iterations} iterations, {state}, max relative change {self.max_change:.2e}"
+        return f"{self.iterations} iterations, {state}, {self.measure} {self.max_change:.2e}"
 
 
 class IterativeEncoder(Encoder):

@@ -33,6 +33,16 @@ def omp(batch: int, dim: int, n_latents: int, steps: int, nonneg: bool = False, 
     return total
 
 
+def batch_omp(batch: int, dim: int, n_latents: int, steps: int, work: int) -> Flops:
+    """OMP from the Gram (the compiled Batch-OMP path): b = x D^T and G = D D^T once, then per step and signal
+    with support size t: the pick (2 N), the Cholesky row (t^2), two triangular solves (2 t^2) and
+    alpha = b - G_I gamma (2 N t). `work` is the sum of t over every signal's steps; `steps` the most steps any
+    signal ran (for the O(t^2) terms, bounded by work * steps).
+    """
+    total = matmul(batch, dim, n_latents) + matmul(n_latents, dim, n_latents)
+    return total + elementwise(work * (2 * n_latents + 3 * max(steps, 1)) + batch * steps * 2 * n_latents)
+
+
 def matching_pursuit(batch: int, dim: int, n_latents: int, steps: int, warm_start: bool = False) -> Flops:
     """Matching pursuit, `steps` steps: correlations r D^T (2 B M N) then a rank-one residual update per sample.
 
