@@ -16,10 +16,16 @@ full dictionary only to screen and to verify:
 
 Rows are solved together as one tensor program; finished rows are removed, so later rounds cost only what is left.
 The FLOPs of every product are recorded in a `Trace` (row counts and sizes) for `flops.proximal.active_set`.
+
+On CPU without a warm start, when the full Gram fits, the LARS-Lasso homotopy runs first in a compiled per-signal
+kernel (`_compiled.lars_lasso`: rank-one Cholesky growth, O(N |A|) per segment, blocks of signals in parallel);
+its end points are re-solved on their support and verified by KKT there, and the few signals it cannot finish
+(a singular support, a sign inconsistency, too many segments) go through the batched method above.
 """
 
 from __future__ import annotations
 
+import importlib.util
 from dataclasses import dataclass, field
 
 import torch
@@ -27,6 +33,8 @@ from torch import Tensor
 from torch.nn import functional as F
 
 from sparseinfer.encoders.base import Diagnostics
+
+COMPILED = importlib.util.find_spec("numba") is not None  # use the compiled homotopy where it applies
 
 
 @dataclass
@@ -40,6 +48,8 @@ class Trace:
     kkt_checks: list[tuple[int, int]] = field(default_factory=list)  # (rows, P) r = x - z D_W, c = r D^T
     gram_blocks: list[tuple[int, int]] = field(default_factory=list)  # (rows, P) G_WW by a product (no full Gram)
     null_steps: list[tuple[int, int]] = field(default_factory=list)  # (rows, P) null directions (|A| > dim)
+    path_segments: int = 0  # compiled homotopy: segments over all signals
+    path_work: int = 0  # compiled homotopy: sum of |A| over all segments (each an O(N |A|) update)
 
 
 class _State:
@@ -104,11 +114,67 @@ class ActiveSetLasso:
         trace = self.trace = Trace(batch=batch)
         out = x.new_zeros(batch, n_latents)
         if batch == 0:
-            return out, Diagnostics(iterations=0, converged=True, max_change=0.0)
+            return out, Diagnostics(iterations=0, converged=True, max_change=0.0, measure="")
         limit = self.penalty * (1.0 + max(self.rtol, 64 * torch.finfo(x.dtype).eps))
-        b = x @ atoms.T
         trace.full_gram = n_latents * n_latents <= self.GRAM_ENTRIES
+        if trace.full_gram and init is None and _compiled_applies(x, atoms):
+            from sparseinfer.encoders import _compiled
+
+            with _compiled.threads_for(2 * batch * x.shape[1] * n_latents):
+                b, full_gram = x @ atoms.T, atoms @ atoms.T
+            return self._solve_compiled(x, atoms, b, full_gram, limit, out)
+        b = x @ atoms.T
         full_gram = atoms @ atoms.T if trace.full_gram else None
+        return self._solve_batched(x, atoms, b, full_gram, limit, init, out)
+
+    def _solve_compiled(
+        self, x: Tensor, atoms: Tensor, b: Tensor, full_gram: Tensor, limit: float, out: Tensor
+    ) -> tuple[Tensor, Diagnostics]:
+        """The compiled homotopy on every row; rows it could not finish are solved by the batched method."""
+        from sparseinfer.encoders import _compiled
+
+        batch, slots = x.shape[0], min(x.shape[1], atoms.shape[0])
+        index = torch.zeros(batch, slots, dtype=torch.long)
+        value = x.new_zeros(batch, slots)
+        sizes, segments, work = (torch.zeros(batch, dtype=torch.long) for _ in range(3))
+        status = torch.zeros(batch, dtype=torch.int8)
+        max_segments = max(16, 8 * slots, self.max_rounds)
+        _compiled.run_parallel(
+            _compiled.lars_lasso,
+            full_gram.contiguous().numpy(),
+            b.contiguous().numpy(),
+            self.penalty,
+            self.nonneg,
+            limit,
+            max_segments,
+            *(t.numpy() for t in (index, value, sizes, segments, work, status)),
+        )
+        self.trace.path_segments, self.trace.path_work = int(segments.sum()), int(work.sum())
+        failed = status != 0
+        out.scatter_add_(1, index, torch.where(failed[:, None], 0.0, value))
+        iterations = int(segments.max())
+        if not bool(failed.any()):
+            return out, Diagnostics(iterations=iterations, converged=True, max_change=0.0, measure="")
+        rows = failed.nonzero().squeeze(1)
+        rest, diagnostics = self._solve_batched(
+            x[rows], atoms, b[rows], full_gram, limit, None, out.new_zeros(rows.numel(), atoms.shape[0])
+        )
+        out[rows] = rest
+        diagnostics.iterations = max(iterations, diagnostics.iterations)
+        return out, diagnostics
+
+    def _solve_batched(
+        self,
+        x: Tensor,
+        atoms: Tensor,
+        b: Tensor,
+        full_gram: Tensor | None,
+        limit: float,
+        init: Tensor | None,
+        out: Tensor,
+    ) -> tuple[Tensor, Diagnostics]:
+        """The batched active-set method of the module docstring, on every row of `x` (its `b` rows given)."""
+        batch, n_latents = x.shape[0], atoms.shape[0]
         size = min(self.size, n_latents)
         screen = self._score(b)
         if init is not None:  # a warm start's support enters W first
@@ -147,7 +213,7 @@ class ActiveSetLasso:
             out.index_put_(
                 (state.rows[:, None].expand(-1, state.index.shape[1]), state.index), state.z, accumulate=True
             )
-        return out, Diagnostics(iterations=rounds, converged=left == 0, max_change=0.0, n_unconverged=left)
+        return out, Diagnostics(iterations=rounds, converged=left == 0, max_change=0.0, n_unconverged=left, measure="")
 
     def _gram_block(self, atoms: Tensor, full_gram: Tensor | None, index: Tensor) -> Tensor:
         """G_WW per row, gathered from the full Gram or computed from the gathered atoms."""
@@ -312,3 +378,8 @@ def _masked_solve(gram: Tensor, rhs: Tensor, active: Tensor) -> tuple[Tensor, Te
 def _pick(matrix: Tensor, rows: Tensor, columns: Tensor) -> Tensor:
     """matrix[rows[i], columns[i, j]] as one flat `take` (no copy of whole rows)."""
     return matrix.view(-1).take(rows[:, None] * matrix.shape[1] + columns)
+
+
+def _compiled_applies(x: Tensor, atoms: Tensor) -> bool:
+    """Whether the compiled homotopy can take this call: numba present, CPU, float32/float64, one dtype."""
+    return COMPILED and x.device.type == "cpu" and x.dtype in (torch.float32, torch.float64) and atoms.dtype == x.dtype

@@ -108,7 +108,8 @@ class Encoder(nn.Module):
 class Diagnostics:
     """Convergence of one batched solve: iterations run, whether every sample met the tolerance, last measure.
 
-    `measure` names what `max_change` is (the quantity the stopping rule compares with its tolerance); `tested`
+    `measure` names what `max_change` is (the quantity the stopping rule compares with its tolerance; empty for an
+    exact test such as KKT conditions, where `max_change` is unused); `tested`
     False means no convergence test ran (e.g. tol = 0: a fixed number of steps), and then nothing claims
     convergence: `converged` is False and the summary says so.
     """
@@ -128,6 +129,8 @@ class Diagnostics:
         if not self.tested:
             return f"{self.iterations} iterations, no convergence test"
         state = "converged" if self.converged else f"{self.n_unconverged} sample(s) not converged"
+        if not self.measure:  # an exact test (KKT conditions) without a scalar to report
+            return f"{self.iterations} iterations, {state}"
         return f"{self.iterations} iterations, {state}, {self.measure} {self.max_change:.2e}"
 
 

@@ -64,6 +64,8 @@ class ExactLasso:
             trace.kkt_checks,
             trace.gram_blocks,
             trace.null_steps,
+            trace.path_segments,
+            trace.path_work,
         )
         if self.debias:
             sizes = self._support_sizes if self._support_sizes is not None else [min(dim, n_latents)]

@@ -139,13 +139,17 @@ def active_set(
     kkt_checks: Rounds,
     gram_blocks: Rounds = (),
     null_steps: Rounds = (),
+    path_segments: int = 0,
+    path_work: int = 0,
 ) -> Flops:
     """The exact active-set Lasso (`fista` with `active_set=True`), from the rows and sizes of what it ran.
 
     Set-up: b = x D^T, the screen, and D D^T when W's Gram blocks are gathered from it. Per solve: a masked Cholesky
     on (rows, P, P) and the ratio test. Per check inside W: c_W = b_W - z G_WW. Per full KKT check: r = x - z D_W
     and c = r D^T with its violator scan (with the full Gram: c = b - z G_W). Without the full Gram, each new W's
-    block is D_W D_W^T.
+    block is D_W D_W^T. The compiled homotopy (counted element-wise: it runs outside torch): per unit of
+    `path_work` (one active atom in one segment) a Gram-row update of the correlations' direction (2 N) and the
+    O(|A|) triangular solves; per segment the correlation update and the entry scan (8 N).
     """
     flops = matmul(batch, dim, n_latents) + elementwise(batch * n_latents, 2)
     if full_gram:
@@ -164,4 +168,6 @@ def active_set(
         flops += Flops(matmul=2 * rows * size * size * dim)
     for rows, size in null_steps:
         flops += cholesky(rows, size) + Flops(matmul=2 * rows * size * size) + elementwise(rows * size, 8)
+    if path_segments:
+        flops += elementwise(path_work * (2 * n_latents + 2 * dim) + path_segments * 8 * n_latents)
     return flops
