@@ -353,3 +353,51 @@ def test_activity_matches_torch_counts() -> None:
     assert l0(s) == pytest.approx(float(torch.count_nonzero(s, dim=1).double().mean()))
     np.testing.assert_allclose(latent_frequencies(s), (s != 0).double().mean(0).numpy())
     assert dead_latents(s).tolist() == [i == 5 for i in range(12)]
+
+
+def test_fidelity_known_values() -> None:
+    from sparseinfer.metrics import cosine_similarity, kl_score, row_cosines, shrinkage
+
+    x = np.array([[3.0, 4.0], [1.0, 0.0]])
+    x_hat = np.array([[1.5, 2.0], [0.0, 2.0]])  # row 0: half the signal; row 1: orthogonal, twice as long
+    assert np.allclose(row_cosines(x, x_hat), [1.0, 0.0])
+    assert cosine_similarity(x, x_hat) == pytest.approx(0.5)
+    assert shrinkage(x, x_hat) == pytest.approx((0.5 + 2.0) / 2)
+    assert cosine_similarity(x, np.zeros_like(x)) == 0.0
+    assert kl_score(0.25, 1.0) == pytest.approx(0.75)
+    assert kl_score(0.0, 2.0) == 1.0 and kl_score(2.0, 2.0) == 0.0
+    with pytest.raises(SparseInferError, match="undefined"):
+        kl_score(0.1, 0.0)
+    with pytest.raises(SparseInferError, match="all zero"):
+        shrinkage(np.zeros((2, 2)), x_hat)
+
+
+def test_fidelity_matches_torch() -> None:
+    from sparseinfer.metrics import cosine_similarity, shrinkage
+
+    gen = torch.Generator().manual_seed(0)
+    x, x_hat = torch.randn(50, 7, generator=gen), torch.randn(50, 7, generator=gen)
+    ref = torch.nn.functional.cosine_similarity(x.double(), x_hat.double(), dim=1).mean()
+    assert cosine_similarity(x, x_hat) == pytest.approx(float(ref))
+    assert shrinkage(x, x_hat) == pytest.approx(float((x_hat.double().norm(dim=1) / x.double().norm(dim=1)).mean()))
+
+
+def test_firing_statistics_hand_case_and_streaming() -> None:
+    from sparseinfer.metrics import FiringStatistics, latent_statistics
+
+    codes = np.array([[0.0, 2.0, 0.0], [1.0, 4.0, 0.0], [0.0, -3.0, 0.0], [3.0, 0.0, 0.0]])
+    table = latent_statistics(codes)
+    assert table["frequency"].tolist() == [0.5, 0.75, 0.0]
+    assert table["count"].tolist() == [2, 3, 0]
+    assert table["mean_when_active"].iloc[0] == 2.0 and table["mean_when_active"].iloc[1] == pytest.approx(1.0)
+    assert math.isnan(table["mean_when_active"].iloc[2])
+    assert table["max_abs"].tolist() == [3.0, 4.0, 0.0]
+    assert table["mean"].tolist() == [1.0, 0.75, 0.0]
+    stream = FiringStatistics(3)
+    stream.update(codes[:1])
+    stream.update(torch.tensor(codes[1:]))
+    assert stream.table().equals(table)
+    with pytest.raises(SparseInferError, match="latents"):
+        stream.update(np.zeros((1, 4)))
+    with pytest.raises(SparseInferError, match="empty"):
+        FiringStatistics(3).table()

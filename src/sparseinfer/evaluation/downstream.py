@@ -1,7 +1,8 @@
 """Downstream loss of a dictionary: the activation at the hook point is replaced by its reconstruction at every
 position but BOS; `ce` is the next-token cross-entropy, `ce_clean` without splicing, `ce_zero` with the activation
-zeroed, `loss_recovered = (ce_zero - ce) / (ce_zero - ce_clean)`, and `kl` = mean over positions of
-KL(clean next-token distribution || spliced one)."""
+zeroed, `loss_recovered = (ce_zero - ce) / (ce_zero - ce_clean)`, `kl` = mean over positions of
+KL(clean next-token distribution || spliced one), `kl_zero` the same for the zero-ablated model and `kl_score` =
+(kl_zero - kl) / kl_zero, SAEBench's normalised KL."""
 
 from __future__ import annotations
 
@@ -16,6 +17,7 @@ from sparseinfer.encoders.base import Encoder
 from sparseinfer.errors import SparseInferError
 from sparseinfer.lm import capture, iter_documents, load_model, resolve_hook_points, tokenise_contexts
 from sparseinfer.lm.hooks import HookPoint, splice
+from sparseinfer.metrics.fidelity import kl_score
 from sparseinfer.validation import check_count
 
 
@@ -41,7 +43,8 @@ def downstream_metrics(
     keep_first: bool,
     batch_size: int = 8,
 ) -> dict[str, float]:
-    """Cross-entropy clean / spliced / zero-ablated, loss recovered and KL(clean || spliced) (see module doc)."""
+    """Cross-entropy clean / spliced / zero-ablated, loss recovered, KL(clean || spliced), KL(clean || zero-ablated)
+    and the normalised KL score (see module doc)."""
     start = 1 if keep_first else 0
 
     def reconstruct(act: Tensor) -> Tensor:
@@ -57,7 +60,7 @@ def downstream_metrics(
         new[:, start:] = 0
         return new
 
-    sums = {"ce_clean": 0.0, "ce": 0.0, "ce_zero": 0.0, "kl": 0.0}
+    sums = {"ce_clean": 0.0, "ce": 0.0, "ce_zero": 0.0, "kl": 0.0, "kl_zero": 0.0}
     n = 0
     for ids in token_ids.split(batch_size):
         ids = ids.to(dictionary.atoms.device)
@@ -65,15 +68,17 @@ def downstream_metrics(
         with splice(model, point, reconstruct):
             ce, spliced = _ce_and_logits(model, ids)
         with splice(model, point, zero):
-            ce_zero, _ = _ce_and_logits(model, ids)
-        logp, logq = clean.log_softmax(-1), spliced.log_softmax(-1)
+            ce_zero, zeroed = _ce_and_logits(model, ids)
+        logp, logq, logz = clean.log_softmax(-1), spliced.log_softmax(-1), zeroed.log_softmax(-1)
         kl = (logp.exp() * (logp - logq)).sum(-1).mean()
-        for key, value in zip(sums, (ce_clean, ce, ce_zero, kl), strict=True):
+        kl_zero = (logp.exp() * (logp - logz)).sum(-1).mean()
+        for key, value in zip(sums, (ce_clean, ce, ce_zero, kl, kl_zero), strict=True):
             sums[key] += float(value) * ids.shape[0]
         n += ids.shape[0]
     out = {k: v / n for k, v in sums.items()}
     gap = out["ce_zero"] - out["ce_clean"]
     out["loss_recovered"] = (out["ce_zero"] - out["ce"]) / gap if gap > 0 else math.nan
+    out["kl_score"] = kl_score(max(out["kl"], 0.0), max(out["kl_zero"], 0.0)) if out["kl_zero"] > 0 else math.nan
     return out
 
 

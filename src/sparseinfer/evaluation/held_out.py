@@ -1,7 +1,8 @@
 """Reconstruction on held-out activations the way SAE users measure it (over the store's token positions):
 FVU = sum ||x - x_hat||^2 / sum ||x - mean(x)||^2 (explained variance = 1 - FVU), L0 = mean number of non-zero codes
 per token, dead latents (never non-zero) and dense ones (non-zero on > 10% of tokens), a log10 firing-frequency
-histogram and inference FLOPs per token."""
+histogram, inference FLOPs per token, and SAEBench's cosine similarity and shrinkage (`l2_ratio`, see
+`metrics.fidelity`); a `FiringStatistics` passed in collects the per-latent firing table on the same tokens."""
 
 from __future__ import annotations
 
@@ -13,13 +14,21 @@ from sparseinfer.codes import as_dense
 from sparseinfer.data.store import ActivationStore
 from sparseinfer.dictionary import Dictionary
 from sparseinfer.encoders.base import Encoder
+from sparseinfer.metrics.fidelity import row_cosines, row_l2_ratios
+from sparseinfer.metrics.firing import FiringStatistics
 
 DENSE_THRESHOLD = 0.1
 
 
 @torch.no_grad()
 def reconstruction_metrics(
-    encoder: Encoder, dictionary: Dictionary, store: ActivationStore, scale: float, n_tokens: int, batch_size: int
+    encoder: Encoder,
+    dictionary: Dictionary,
+    store: ActivationStore,
+    scale: float,
+    n_tokens: int,
+    batch_size: int,
+    firing: FiringStatistics | None = None,
 ) -> dict[str, Any]:
     """FVU, L0, dead/dense fractions, a log10 firing-frequency histogram and inference FLOPs per token."""
     device = dictionary.atoms.device
@@ -29,6 +38,7 @@ def reconstruction_metrics(
     fires = torch.zeros(dictionary.n_latents, dtype=torch.float64)
     seen = 0
     flops = 0
+    cos = l2_ratio = 0.0
     for xb in store.iter_batches(batch_size, seed=0, epochs=1, drop_last=False):
         x = xb.to(device) * scale
         codes = encoder(x, dictionary)
@@ -41,6 +51,10 @@ def reconstruction_metrics(
         s2 += float(xd.pow(2).sum())
         active = (dense != 0).double().cpu()
         fires += active.sum(0)
+        cos += float(row_cosines(xd, x_hat).sum())
+        l2_ratio += float(row_l2_ratios(xd, x_hat).sum())
+        if firing is not None:
+            firing.update(dense)
         l0 += float(active.sum())
         seen += x.shape[0]
         if seen >= n_tokens:
@@ -59,4 +73,6 @@ def reconstruction_metrics(
         "dense_fraction": float((freq > DENSE_THRESHOLD).double().mean()),
         "freq_hist_log10": {"edges": edges, "counts": hist},
         "inference_flops_per_token": flops / seen,
+        "cosine_similarity": cos / seen,
+        "l2_ratio": l2_ratio / seen,
     }

@@ -1,5 +1,7 @@
 """Evaluate trained runs on a held-out activation store and compare them: reconstruction (`reconstruction`),
-downstream loss (`downstream`) and the comparison at matched L0 (`matched`).
+downstream loss (`downstream`) and the comparison at matched L0 (`matched`); SAEBench's core extras (cosine
+similarity, shrinkage `l2_ratio`, normalised KL `kl_score`) come with them, and `latents_dir` collects a per-latent
+firing table (Parquet) per evaluated row.
 
 Every run folder and the store are checked before any compute (`check_runs`): a run must be finished and trained on
 activations of the store's model, hook point and width. With `target_l0`, an `infer_with` method is calibrated per
@@ -27,6 +29,7 @@ from sparseinfer.evaluation.frontier import frontier_figure
 from sparseinfer.evaluation.held_out import reconstruction_metrics
 from sparseinfer.evaluation.matched import matched_l0
 from sparseinfer.lm.model import load_model
+from sparseinfer.metrics.firing import FiringStatistics
 from sparseinfer.training.activations.train import load_run
 
 Progress = Callable[[str], None]
@@ -114,9 +117,11 @@ def encoder_metrics(
     downstream_contexts: int,
     batch_size: int,
     model: torch.nn.Module | None,
+    firing: FiringStatistics | None = None,
 ) -> dict[str, Any]:
-    """Reconstruction metrics of `encoder` on `dictionary`, plus the downstream loss when `model` is given."""
-    row = reconstruction_metrics(encoder, dictionary, held_out, scale, n_tokens, batch_size)
+    """Reconstruction metrics of `encoder` on `dictionary` (with cosine similarity and `l2_ratio`), plus the
+    downstream loss and normalised KL when `model` is given; `firing` collects the per-latent firing table."""
+    row = reconstruction_metrics(encoder, dictionary, held_out, scale, n_tokens, batch_size, firing)
     if downstream_contexts > 0 and model is not None:
         manifest = held_out.manifest
         ids = _first_contexts(held_out, downstream_contexts)
@@ -138,10 +143,11 @@ def evaluate_run(
     device: str = "cpu",
     target_l0: float | None = None,
     calibration_tokens: int = CALIBRATION_TOKENS,
+    latent_table: str | Path | None = None,
 ) -> dict[str, Any]:
     """All metrics of one run on a held-out store; `infer_with` swaps in another encoder on the learned dictionary,
     with fixed `infer_params` or, given `target_l0`, calibrated to that L0 on held-out tokens (`ito` warm-starts
-    from the run's encoder)."""
+    from the run's encoder). `latent_table`: write the per-latent firing statistics there (Parquet)."""
     encoder, dictionary, info = load_run(run, device)
     label = info["config"]["encoder"]
     held_out = ActivationStore.open(store)
@@ -161,7 +167,13 @@ def evaluate_run(
     if downstream_contexts > 0 and model is None:
         model = load_model(held_out.manifest.model, device)
     lm = model[0] if model is not None else None
-    return row | encoder_metrics(encoder, dictionary, held_out, scale, n_tokens, downstream_contexts, batch_size, lm)
+    firing = FiringStatistics(dictionary.n_latents) if latent_table is not None else None
+    row |= encoder_metrics(encoder, dictionary, held_out, scale, n_tokens, downstream_contexts, batch_size, lm, firing)
+    if firing is not None and latent_table is not None:
+        Path(latent_table).parent.mkdir(parents=True, exist_ok=True)
+        firing.table().to_parquet(latent_table)
+        row["latent_table"] = str(latent_table)
+    return row
 
 
 def comparison_table(rows: list[dict[str, Any]], out: str | Path | None = None) -> pd.DataFrame:
@@ -187,9 +199,11 @@ def evaluate_runs(
     device: str = "cpu",
     target_l0: list[float] | None = None,
     progress: Progress = _silent,
+    latents_dir: str | Path | None = None,
 ) -> list[dict[str, Any]]:
     """Evaluate several runs on one held-out store (checked up front; the model is loaded once); with
-    `infer_with`, each run again per target L0 (or once with fixed `infer_params` when no target is given)."""
+    `infer_with`, each run again per target L0 (or once with fixed `infer_params` when no target is given).
+    `latents_dir`: one per-latent firing table per row, `latents_<row>.parquet`."""
     manifest = ActivationStore.open(store).manifest
     model = load_model(manifest.model, device) if downstream_contexts > 0 else None
     check_runs(runs, store, model[0] if model is not None else None)
@@ -206,7 +220,8 @@ def evaluate_runs(
         progress(f"evaluate [{i}/{len(jobs)}] {run}: {what}")
         rows.append(
             evaluate_run(run, store, n_tokens, downstream_contexts, infer_with=infer_with if swap else None,
-                         infer_params=infer_params, model=model, device=device, target_l0=target)
+                         infer_params=infer_params, model=model, device=device, target_l0=target,
+                         latent_table=None if latents_dir is None else Path(latents_dir) / f"latents_{i - 1}.parquet")
         )  # fmt: skip
         last = rows[-1]
         progress(f"  fvu {last['fvu']:.4f}, l0 {last['l0']:.1f}" + (f", ce {last['ce']:.3f}" if "ce" in last else ""))
