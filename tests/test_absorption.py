@@ -1,0 +1,138 @@
+"""First-letter absorption on hand-built cases with known answers: a "starts with s" feature whose latent stops
+firing on the word "short" while the "short" latent (decoder aligned with the probe) carries it must be detected;
+the same data with a dictionary that keeps the two apart must not."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from sparseinfer import Dictionary, SparseInferError
+from sparseinfer.evaluation.absorption import (
+    LetterData,
+    absorption_scores,
+    fit_letter_probes,
+    main_latents,
+    single_word_tokens,
+    split_by_word,
+)
+
+DIM = 8
+E = np.eye(DIM)
+TRAIN = ["sam", "sun", "sip", "sad", "set", "sky", "dog", "cat", "map", "pen", "hat", "rug", "box"]
+TEST = ["sea", "short", "dot", "cap", "mop", "pin"]
+WORDS = TRAIN + TEST
+# every word's own direction, orthogonal to e0 (the "starts with s" direction)
+OWN = {w: v / np.linalg.norm(v) for w, v in zip(WORDS, np.random.default_rng(7).standard_normal((len(WORDS), DIM)))}
+OWN = {w: np.r_[0.0, v[1:]] / np.linalg.norm(v[1:]) for w, v in OWN.items()}
+
+
+def _tokens(words: list[str], per_word: int, seed: int) -> tuple[torch.Tensor, np.ndarray]:
+    """Activations: every s-word carries e0 plus its own direction; small noise."""
+    rng = np.random.default_rng(seed)
+    rows, names = [], []
+    for w in words:
+        for _ in range(per_word):
+            rows.append((E[0] if w.startswith("s") else 0) + OWN[w] + 0.02 * rng.standard_normal(DIM))
+            names.append(f" {w}")
+    return torch.tensor(np.array(rows), dtype=torch.float32), np.array(names, dtype=object)
+
+
+def _case() -> LetterData:
+    x_train, w_train = _tokens(TRAIN, 10, 0)
+    x_test, w_test = _tokens(TEST, 20, 1)
+    return LetterData(x_train, w_train, x_test, w_test)
+
+
+def _codes(data: LetterData, split: str, absorbed: bool) -> np.ndarray:
+    """Hand-made codes: latent 0 is "starts with s", latent 1 + i word i; with `absorbed`, the "short" latent has
+    decoder e0 + own("short") (it carries the s-feature) and latent 0 stays off on "short"."""
+    words = data.words_train if split == "train" else data.words_test
+    codes = np.zeros((len(words), 1 + len(WORDS)))
+    for i, w in enumerate(words):
+        w = w.strip()
+        j = 1 + WORDS.index(w)
+        if w == "short" and absorbed:
+            codes[i, j] = np.sqrt(2)
+            continue
+        codes[i, j] = 1.0
+        if w.startswith("s"):
+            codes[i, 0] = 1.0
+    return codes
+
+
+def _dictionary(absorbed: bool) -> Dictionary:
+    atoms = np.array([E[0], *(OWN[w] for w in WORDS)])
+    if absorbed:
+        atoms[1 + WORDS.index("short")] = (E[0] + OWN["short"]) / np.sqrt(2)
+    return Dictionary(torch.tensor(atoms, dtype=torch.float64), normalise=False)
+
+
+def _s_probe(data: LetterData):
+    probes = {p.letter: p for p in fit_letter_probes(data)}
+    assert probes["s"].f1 == 1.0 and probes["s"].direction[0] > 0.8  # the probe finds the s-direction
+    return [probes["s"]]
+
+
+def test_hand_built_absorption_is_detected() -> None:
+    data = _case()
+    probes = _s_probe(data)
+    result = absorption_scores(_codes(data, "train", True), _codes(data, "test", True), data, probes,
+                               _dictionary(True))  # fmt: skip
+    row = result.letters.iloc[0]
+    assert row["main_latents"] == "0"
+    assert row["n_tokens"] == 40  # "sea" and "short" test tokens
+    assert row["absorption_rate"] == pytest.approx(0.5)  # exactly the "short" tokens
+    assert result.rate == pytest.approx(0.5) and result.full.sum() == 20
+    assert result.mean_fraction == pytest.approx(0.5)  # all of the projection on "short", none on "sea"
+
+
+def test_feature_kept_apart_is_not_absorption() -> None:
+    data = _case()
+    probes = _s_probe(data)
+    result = absorption_scores(_codes(data, "train", False), _codes(data, "test", False), data, probes,
+                               _dictionary(False))  # fmt: skip
+    assert result.rate == 0.0 and result.mean_fraction == 0.0
+
+
+def test_a_lost_feature_is_not_absorption() -> None:
+    """On "short" nothing fires along e0: the feature is missing, not absorbed (no latent carries it)."""
+    data = _case()
+    probes = _s_probe(data)
+    test = _codes(data, "test", False)
+    test[np.char.strip(data.words_test.astype(str)) == "short", 0] = 0.0
+    result = absorption_scores(_codes(data, "train", False), test, data, probes, _dictionary(False))
+    assert result.rate == 0.0
+
+
+def test_main_latents_grow_while_f1_jumps() -> None:
+    """Two latents that split the s-words between them are both main latents; a third, redundant one is not."""
+    positive = np.array([True] * 4 + [False] * 4)
+    codes = np.zeros((8, 3))
+    codes[:2, 0] = codes[2:4, 1] = 1.0
+    codes[:2, 2] = 1.0  # duplicates latent 0
+    atoms = np.eye(3, 4)
+    atoms[:, 0] = 1.0
+    assert sorted(main_latents(codes, positive, atoms, np.eye(4)[0])) == [0, 1]
+
+
+def test_single_word_tokens_and_word_split() -> None:
+    class Tok:
+        pieces = {0: " the", 1: " fox", 2: "es", 3: ".", 4: " A", 5: " 42"}
+
+        def decode(self, ids: list[int]) -> str:
+            return "".join(self.pieces[i] for i in ids)
+
+    mask, words = single_word_tokens(torch.tensor([[0, 1, 2, 3, 4, 5]]), Tok())
+    assert mask.tolist() == [[True, False, False, False, True, False]]  # " fox" continues as "foxes"
+    assert words[0, 0] == " the"
+    x = torch.arange(12.0).reshape(6, 2)
+    names = np.array([" a", " b", " A", " c", " b", " d"], dtype=object)
+    data = split_by_word(x, names, seed=3)
+    assert not {w.strip().lower() for w in data.words_train} & {w.strip().lower() for w in data.words_test}
+    assert data.x_train.shape[0] + data.x_test.shape[0] == 6
+    with pytest.raises(SparseInferError, match="one word per"):
+        split_by_word(x, names[:3])
+    with pytest.raises(SparseInferError, match="unknown absorption threshold"):
+        absorption_scores(np.zeros((1, 1)), np.zeros((1, 1)), data, [], _dictionary(False), bogus=1.0)
