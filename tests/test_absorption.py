@@ -24,8 +24,8 @@ TRAIN = ["sam", "sun", "sip", "sad", "set", "sky", "dog", "cat", "map", "pen", "
 TEST = ["sea", "short", "dot", "cap", "mop", "pin"]
 WORDS = TRAIN + TEST
 # every word's own direction, orthogonal to e0 (the "starts with s" direction)
-OWN = {w: v / np.linalg.norm(v) for w, v in zip(WORDS, np.random.default_rng(7).standard_normal((len(WORDS), DIM)))}
-OWN = {w: np.r_[0.0, v[1:]] / np.linalg.norm(v[1:]) for w, v in OWN.items()}
+_RANDOM = np.random.default_rng(7).standard_normal((len(WORDS), DIM - 1))
+OWN = {w: np.r_[0.0, v] / np.linalg.norm(v) for w, v in zip(WORDS, _RANDOM, strict=True)}
 
 
 def _tokens(words: list[str], per_word: int, seed: int) -> tuple[torch.Tensor, np.ndarray]:
@@ -118,11 +118,11 @@ def test_main_latents_grow_while_f1_jumps() -> None:
 
 
 def test_single_word_tokens_and_word_split() -> None:
-    class Tok:
-        pieces = {0: " the", 1: " fox", 2: "es", 3: ".", 4: " A", 5: " 42"}
+    pieces = {0: " the", 1: " fox", 2: "es", 3: ".", 4: " A", 5: " 42"}
 
+    class Tok:
         def decode(self, ids: list[int]) -> str:
-            return "".join(self.pieces[i] for i in ids)
+            return "".join(pieces[i] for i in ids)
 
     mask, words = single_word_tokens(torch.tensor([[0, 1, 2, 3, 4, 5]]), Tok())
     assert mask.tolist() == [[True, False, False, False, True, False]]  # " fox" continues as "foxes"

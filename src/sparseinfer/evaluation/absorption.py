@@ -96,7 +96,7 @@ def split_by_word(x: Tensor, words: np.ndarray, test_fraction: float = 0.5, seed
         raise SparseInferError(f"need one word per activation row, got {len(words)} words for {x.shape[0]} rows")
     vocab = np.array(sorted({w.strip().lower() for w in words}))
     rng = np.random.default_rng(seed)
-    test_words = set(rng.permutation(vocab)[: int(round(test_fraction * len(vocab)))])
+    test_words = set(rng.permutation(vocab)[: round(test_fraction * len(vocab))])
     test = np.array([w.strip().lower() in test_words for w in words])
     return LetterData(x[torch.from_numpy(~test)], words[~test], x[torch.from_numpy(test)], words[test])
 
