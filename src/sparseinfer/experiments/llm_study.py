@@ -150,9 +150,11 @@ def train_config(preset: LLMPreset, family: str, target: int, dim: int) -> Any:
     if family == "mlp":
         return LMTrainConfig(**common, **sparsity, encoder="mlp", hparams={"hidden": [round(ROUND_MLP * dim)]})
     hparams = {"optimiser": "adam", "lr": 0.1, "max_iter": preset.sparse_coding_iter, "parameterisation": "relu",
-               "debias": False}  # fmt: skip
-    return LMTrainConfig(**{**common, "steps": preset.sparse_coding_steps}, **sparsity, encoder="gradient",
-                         hparams=hparams)  # fmt: skip
+               "debias": False, "penalty": preset.sparse_coding_penalty.get(target, 0.01)}  # fmt: skip
+    steps = preset.sparse_coding_steps  # few, costly steps: the controller needs most of them (warm-up 10%)
+    schedule = {"steps": steps, "l1_warmup_steps": max(1, steps // 10), "target_l0_rate": 0.2,
+                "checkpoint_every": max(1, min(200, steps // 4)), "eval_every": max(1, min(50, steps // 4))}
+    return LMTrainConfig(**{**common, **schedule}, **sparsity, encoder="gradient", hparams=hparams)  # fmt: skip
 
 
 def stage_train(preset: LLMPreset, out: Path, progress: Progress) -> dict[str, Any]:
@@ -250,17 +252,20 @@ def stage_evaluate(preset: LLMPreset, out: Path, progress: Progress) -> dict[str
     return {"rows": len(table), "errors": int((table["error"] != "").sum())}
 
 
-def _llm_client(preset: LLMPreset, out: Path, base_url: str | None, stack: contextlib.ExitStack) -> Any:
-    """A chat client on `base_url`, or on a local llama.cpp server of the preset's explainer started for the stage."""
+def _llm_clients(preset: LLMPreset, out: Path, base_url: str | None, stack: contextlib.ExitStack) -> list[Any]:
+    """Chat clients on `base_url` (`llm_servers` of them, for parallel requests), or on `llm_servers` local
+    llama.cpp servers of the preset's explainer (`llm_threads` each) started for the stage."""
     from sparseinfer.interp.client import ChatClient, LLMConfig
 
-    if base_url is None and not os.environ.get("SPARSEINFER_LLM_BASE_URL"):
+    urls = [base_url or os.environ.get("SPARSEINFER_LLM_BASE_URL")] * preset.llm_servers
+    if urls[0] is None:
         from sparseinfer.interp.server import LocalLLMServer
 
-        server = LocalLLMServer(preset.explainer, threads=preset.llm_threads, log=out / "interp" / "llm-server.log")
-        base_url = stack.enter_context(server).base_url
-    config = LLMConfig.from_env(base_url=base_url, cache_dir=out / "interp" / "llm-cache")
-    return stack.enter_context(ChatClient(config))
+        urls = [stack.enter_context(LocalLLMServer(preset.explainer, threads=preset.llm_threads,
+                                                   log=out / "interp" / f"llm-server-{i}.log")).base_url
+                for i in range(preset.llm_servers)]  # fmt: skip
+    configs = [LLMConfig.from_env(base_url=url, cache_dir=out / "interp" / "llm-cache") for url in urls]
+    return [stack.enter_context(ChatClient(config)) for config in configs]
 
 
 def stage_interp(preset: LLMPreset, out: Path, progress: Progress, base_url: str | None = None) -> dict[str, Any]:
@@ -278,8 +283,8 @@ def stage_interp(preset: LLMPreset, out: Path, progress: Progress, base_url: str
     cfg = InterpretConfig(n_latents=preset.interp_latents, min_count=preset.interp_min_count, seed=preset.seed,
                           **options)  # fmt: skip
     with contextlib.ExitStack() as stack:
-        client = _llm_client(preset, out, base_url, stack)
-        scores, _ = interpret(runs, out / "data" / "test", out / "interp", client, cfg, progress=progress)
+        clients = _llm_clients(preset, out, base_url, stack)
+        scores, _ = interpret(runs, out / "data" / "test", out / "interp", clients, cfg, progress=progress)
     return {"latents": len(scores), "families": families}
 
 

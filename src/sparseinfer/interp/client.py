@@ -9,9 +9,10 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import queue
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -164,3 +165,38 @@ def _short(text: str, limit: int = 160) -> str:
     """One line, at most `limit` characters, for error messages."""
     flat = " ".join(text.split())
     return flat if len(flat) <= limit else flat[: limit - 3] + "..."
+
+
+def map_latents(clients: ChatClient | Sequence[ChatClient], work: Callable[[ChatClient, Any], Any],
+                items: Sequence[Any]) -> Iterator[Any]:  # fmt: skip
+    """`work(client, item)` for every item, as many at a time as there are clients (each call holds one client
+    for its whole duration, so a server's prompt cache keeps one latent's prefix); results in input order.
+
+    Several single-threaded llama.cpp servers, one per core, are what keeps a busy 2-core machine fast: one server
+    with two threads slowed ~4x per question when another process ran (docs/interp.md)."""
+    pool = [clients] if isinstance(clients, ChatClient) else list(clients)
+    if not pool:
+        raise SparseInferError("give at least one LLM client")
+    if len(pool) == 1 or len(items) < 2:
+        for item in items:
+            yield work(pool[0], item)
+        return
+    free: queue.Queue[ChatClient] = queue.Queue()
+    for client in pool:
+        free.put(client)
+
+    def run(item: Any) -> Any:
+        client = free.get()
+        try:
+            return work(client, item)
+        finally:
+            free.put(client)
+
+    with ThreadPoolExecutor(len(pool)) as executor:
+        futures = [executor.submit(run, item) for item in items]
+        try:
+            for future in futures:
+                yield future.result()
+        finally:
+            for future in futures:
+                future.cancel()

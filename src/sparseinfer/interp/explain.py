@@ -29,12 +29,25 @@ def explainer_messages(examples: list[Example], logit_tokens: list[str] | None =
     return [{"role": "system", "content": SYSTEM}, {"role": "user", "content": "\n".join(lines)}]
 
 
+BOILERPLATE = (  # phrases small explainers wrap around the feature; they turn the scorer's question into nonsense
+    r"^\s*(explanation|answer|feature|the feature detects)\s*[:\-]\s*",
+    r"^\s*(the|this) feature (detects|is|fires on|identifies)\s+",
+    r"^\s*(the )?(presence|occurrence|use|appearance) of\s+",
+    r"\s+(in|within|across) (the |each |all )?(text |given )?(excerpts?|texts?|examples?|marked tokens?)\s*$",
+    r"\s+(is|are) marked\s*$",
+)
+
+
 def clean_explanation(reply: str) -> str:
-    """The first non-empty line of `reply`, without a leading label ("Explanation:") or quotes."""
+    """The first non-empty line of `reply`, without a leading label ("Explanation:"), boilerplate ("the presence
+    of ... in the text excerpts"), quotes around the whole or a final full stop."""
     for line in reply.strip().splitlines():
-        line = re.sub(r"^\s*(explanation|answer|feature|the feature detects)\s*[:\-]\s*", "", line, flags=re.I)
-        line = re.sub(r"^\s*(the|this) feature (detects|is|fires on|identifies)\s+", "", line, flags=re.I)
-        line = line.strip().strip("\"'`*").strip()
+        line = line.strip().rstrip(".").strip()
+        for pattern in BOILERPLATE:
+            line = re.sub(pattern, "", line, flags=re.I)
+        line = line.strip().strip("*`").strip().rstrip(".").strip()
+        if len(line) > 1 and line[0] == line[-1] and line[0] in "\"'":
+            line = line[1:-1].strip()
         if line:
             return line[:300]
     return ""

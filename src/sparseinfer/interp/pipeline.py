@@ -25,7 +25,7 @@ import pandas as pd
 
 from sparseinfer.data.store import ActivationStore
 from sparseinfer.errors import SparseInferError
-from sparseinfer.interp.client import ChatClient
+from sparseinfer.interp.client import ChatClient, map_latents
 from sparseinfer.interp.controls import control_summary, planted_examples, shuffle_order
 from sparseinfer.interp.embedding import Embedder, load_embedder
 from sparseinfer.interp.examples import (
@@ -106,24 +106,27 @@ def interpret(
     runs: list[Path],
     store_folder: Path,
     out: Path,
-    client: ChatClient,
+    client: ChatClient | list[ChatClient],
     config: InterpretConfig = InterpretConfig(),
     tokenizer: Any = None,
     progress: Callable[[str], None] = lambda s: None,
 ) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Explain and score latents of every encoder in `runs` (and the controls when `config.controls`); returns
-    (scores, comparison) and writes them, the summary, the controls and the resolved config to `out`."""
+    (scores, comparison) and writes them, the summary, the controls and the resolved config to `out`. With several
+    clients (e.g. one single-threaded server per core), that many latents are scored at a time."""
     if not runs and not config.controls:
         raise SparseInferError("give at least one encoder folder (or ask for the controls only)")
     store = ActivationStore.open(store_folder)
     tokenizer = tokenizer if tokenizer is not None else load_tokenizer(store.manifest.model)
     out.mkdir(parents=True, exist_ok=True)
+    clients = [client] if isinstance(client, ChatClient) else list(client)
     (out / "config.json").write_text(json.dumps({**dataclasses.asdict(config), "runs": [str(r) for r in runs],
-                                                 "store": str(store_folder), "llm": client.config.model,
-                                                 "base_url": client.config.base_url}, indent=1))  # fmt: skip
+                                                 "store": str(store_folder), "llm": clients[0].config.model,
+                                                 "base_urls": [c.config.base_url for c in clients]},
+                                                indent=1))  # fmt: skip
     embed = load_embedder() if config.embedding else None
     if config.controls:
-        run_controls(store, out, client, config, tokenizer, embed, progress)
+        run_controls(store, out, clients, config, tokenizer, embed, progress)
     scores_path = out / SCORES
     done = pd.read_parquet(scores_path) if scores_path.exists() else pd.DataFrame()
     rows = done.to_dict("records")
@@ -140,14 +143,18 @@ def interpret(
 
             lm, _ = load_model(store.manifest.model)
         lens = logit_tokens_for(run, lm, tokenizer, [r.latent for r in records], config.logit_tokens)
-        for record in records:
+
+        def work(llm: ChatClient, record: Any, label: str = label, ident: str = ident, run: Path = run,
+                 lens: dict[int, list[str]] = lens) -> dict[str, Any]:  # fmt: skip
             promoted = lens.get(record.latent)
-            row = {"encoder": label, "run": str(run), "dictionary": ident,
-                   **score_latent(client, record, config, embed, logit_tokens=promoted),
-                   "logit_tokens": list(promoted or [])}  # fmt: skip
+            return {"encoder": label, "run": str(run), "dictionary": ident,
+                    **score_latent(llm, record, config, embed, logit_tokens=promoted),
+                    "logit_tokens": list(promoted or [])}  # fmt: skip
+
+        for row in map_latents(clients, work, records):
             rows.append(row)
             pd.DataFrame(rows).to_parquet(scores_path)
-            progress(f"{label} latent {record.latent}: {row['explanation']!r} detection balanced accuracy "
+            progress(f"{label} latent {row['latent']}: {row['explanation']!r} detection balanced accuracy "
                      f"{row['detection_bacc']:.2f} ({row['seconds']:.1f} s)")  # fmt: skip
     scores = pd.DataFrame(rows)
     if scores.empty:
@@ -159,11 +166,13 @@ def interpret(
     return scores, comparison
 
 
-def run_controls(store: ActivationStore, out: Path, client: ChatClient, config: InterpretConfig, tokenizer: Any,
+def run_controls(store: ActivationStore, out: Path, client: ChatClient | list[ChatClient], config: InterpretConfig,
+                 tokenizer: Any,
                  embed: Embedder | None = None,
                  progress: Callable[[str], None] = lambda s: None) -> pd.DataFrame:  # fmt: skip
     """Score `config.n_planted` planted token features ("planted") and the same latents under explanations
-    shuffled across them ("shuffled", each under its predecessor's in a random order); writes and returns
+    shuffled across them ("shuffled", each under its predecessor's in a random order; all planted first, as the
+    shuffled ones need their explanations); writes and returns
     `controls.parquet` (resumable per latent) and `controls_summary.parquet` (bootstrap mean and 95% interval per
     control and metric)."""
     folder = out / "controls"
@@ -186,25 +195,21 @@ def run_controls(store: ActivationStore, out: Path, client: ChatClient, config: 
         progress(f"control {control} {feature!r}: {row['explanation']!r} detection balanced accuracy "
                  f"{row['detection_bacc']:.2f} ({row['seconds']:.1f} s)")  # fmt: skip
 
+    order, source = shuffle_order(len(records), config.seed)
+    planted = [i for i in order.tolist() if ("planted", records[i].latent) not in done]
+    for i, row in zip(planted, map_latents(client, lambda llm, i: score_latent(llm, records[i], config, embed),
+                                           planted), strict=True):  # fmt: skip
+        record_row("planted", names[i], row)
     own = {r["latent"]: r["explanation"] for r in rows if r["control"] == "planted"}
 
-    def shuffled(i: int) -> None:  # latent i scored under the explanation of latent source[i]
-        record = records[i]
-        if ("shuffled", record.latent) not in done:
-            row = score_latent(client, record, config, embed, explanation=own[records[int(source[i])].latent],
-                               fuzz=config.fuzz and config.shuffled_fuzz)  # fmt: skip
-            record_row("shuffled", names[i], row | {"explanation_of": names[int(source[i])]})
+    def shuffled(llm: ChatClient, i: int) -> dict[str, Any]:  # latent i scored under latent source[i]'s explanation
+        row = score_latent(llm, records[i], config, embed, explanation=own[records[int(source[i])].latent],
+                           fuzz=config.fuzz and config.shuffled_fuzz)  # fmt: skip
+        return row | {"explanation_of": names[int(source[i])]}
 
-    order, source = shuffle_order(len(records), config.seed)
-    for k, i in enumerate(order.tolist()):  # interleaved, so an interrupted run holds both controls so far
-        record = records[i]
-        if ("planted", record.latent) not in done:
-            row = score_latent(client, record, config, embed)
-            own[record.latent] = row["explanation"]
-            record_row("planted", names[i], row)
-        if k:
-            shuffled(i)
-    shuffled(int(order[0]))
+    todo = [i for i in order.tolist() if ("shuffled", records[i].latent) not in done]
+    for i, row in zip(todo, map_latents(client, shuffled, todo), strict=True):
+        record_row("shuffled", names[i], row)
     table = pd.DataFrame(rows)
     control_summary(table, list(METRICS)).to_parquet(out / CONTROLS_SUMMARY)
     return table

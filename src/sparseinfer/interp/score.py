@@ -25,6 +25,13 @@ from sparseinfer.interp.stats import auroc, compare
 
 __all__ = ["Score", "ask", "binary_scores", "compare", "detection", "fuzzing", "held_out", "parse_yes_no"]
 
+DETECT_SYSTEM = (  # the same for every question, so a server's prompt cache holds it once; two worked examples
+    "You check whether a short text contains what a feature description names. Answer Yes or No only.\n"
+    'Example: Feature: the word "cat". Text: the dog ran home and slept. Answer: No\n'
+    'Example: Feature: the word "cat". Text: then a cat sat on the mat. Answer: Yes\n'
+    "Example: Feature: numbers written as digits. Text: in 1984 they moved. Answer: Yes\n"
+    "Example: Feature: numbers written as digits. Text: they moved in the spring. Answer: No"
+)
 DETECT = "Feature: {explanation}\n\nText: {text}\n\nDoes the text contain {explanation}? Answer Yes or No."
 FUZZ = (
     "Feature: {explanation}\n\nText: {text}\n\nIn this text the token <<{token}>> is marked. Is the marked token "
@@ -57,10 +64,11 @@ def ask(client: ChatClient, template: str, explanation: str, texts: list[str],
         tokens: list[str] | None = None) -> list[float | None]:  # fmt: skip
     """P(yes) for each text under `template` (with its marked token for fuzzing), one 1-token log-probability
     request each."""
-    tokens = tokens or [""] * len(texts)
+    tokens = [k.strip() for k in tokens or [""] * len(texts)]
     explanation = explanation.strip().rstrip(".") or "(no explanation)"
+    system: list[Message] = [{"role": "system", "content": DETECT_SYSTEM}] if template == DETECT else []
     convs: list[list[Message]] = [
-        [{"role": "user", "content": template.format(explanation=explanation, text=t.strip(), token=k.strip())}]
+        [*system, {"role": "user", "content": template.format(explanation=explanation, text=t.strip(), token=k)}]
         for t, k in zip(texts, tokens, strict=True)
     ]
     if client.config.concurrency > 1 and len(convs) > 1:
