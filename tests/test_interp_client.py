@@ -81,3 +81,30 @@ def test_config_from_environment(monkeypatch):
     assert LLMConfig.from_env(model="other").model == "other"
     with pytest.raises(ValueError):
         LLMConfig(concurrency=0)
+
+
+def test_map_latents_spreads_items_over_clients_and_keeps_order():
+    import threading
+    import time
+
+    from sparseinfer.interp.client import map_latents
+
+    seen: dict[str, set[str]] = {}
+    lock = threading.Lock()
+
+    def work(client: ChatClient, item: int) -> tuple[int, str]:
+        replies = {client.chat([{"role": "user", "content": f"{item}-{q}"}]) for q in range(3)}
+        time.sleep(0.01 * (item % 3))  # finish out of order
+        with lock:
+            seen.setdefault(str(item), set()).update(replies)
+        return item, client.config.base_url
+
+    with FakeLLMServer(lambda p: "a") as one, FakeLLMServer(lambda p: "b") as two:
+        with ChatClient(_config(one.base_url)) as c1, ChatClient(_config(two.base_url)) as c2:
+            results = list(map_latents([c1, c2], work, list(range(8))))
+            assert [i for i, _ in results] == list(range(8))  # input order
+            assert {url for _, url in results} == {one.base_url, two.base_url}  # both servers worked
+            assert all(len(replies) == 1 for replies in seen.values())  # one item's questions go to one server
+            assert [i for i, _ in map_latents(c1, work, [3, 1])] == [3, 1]  # a single client, in turn
+    with pytest.raises(SparseInferError, match="at least one"):
+        list(map_latents([], work, [1]))

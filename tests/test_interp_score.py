@@ -15,7 +15,7 @@ from sparseinfer.interp.client import ChatClient, LLMConfig
 from sparseinfer.interp.examples import Example, LatentExamples
 from sparseinfer.interp.explain import clean_explanation, explain, explainer_messages
 from sparseinfer.interp.fake import FakeLLMServer
-from sparseinfer.interp.score import binary_scores, detection, fuzzing, parse_yes_no
+from sparseinfer.interp.score import DETECT_SYSTEM, binary_scores, detection, fuzzing, parse_yes_no
 from sparseinfer.interp.stats import compare
 
 
@@ -65,6 +65,11 @@ def test_explainer_prompt_and_cleaning():
     assert "Excerpt 1: a<< fox>> ran" in messages[1]["content"] and "activation 1.50" in messages[1]["content"]
     assert clean_explanation('\n  Explanation: "the word fox"\nmore') == "the word fox"
     assert clean_explanation("   ") == ""
+    # boilerplate that would turn the detection question into nonsense is stripped
+    assert clean_explanation('the presence of the word "that" in the text excerpts.') == 'the word "that"'
+    assert clean_explanation('the token "you" in each excerpt.') == 'the token "you"'
+    assert clean_explanation("The feature detects numbers written as digits.") == "numbers written as digits"
+    assert clean_explanation('"commas"') == "commas"
 
 
 def test_detection_and_fuzzing_with_a_scripted_llm():
@@ -86,6 +91,12 @@ def test_detection_and_fuzzing_with_a_scripted_llm():
     # the server sends text without logprobs: the reply's yes/no decides; "I cannot tell" is unparsed (P = 0.5)
     assert (det.balanced_accuracy, det.f1, det.n, det.unparsed, det.auroc) == (1.0, 1.0, 5, 3, 1.0)
     assert (fz.balanced_accuracy, fz.n) == (1.0, 4)
+    # detection questions carry the fixed worked examples as a system message (one cached prefix for all of them);
+    # fuzzing and explanation requests do not
+    detect = [p for p in srv.payloads if "Does the text contain" in p["messages"][-1]["content"]]
+    assert len(detect) == 5 and all(p["messages"][0]["content"] == DETECT_SYSTEM for p in detect)
+    assert all(p["messages"][0]["role"] != "system" or p["messages"][0]["content"] != DETECT_SYSTEM
+               for p in srv.payloads if p not in detect)  # fmt: skip
 
 
 def test_prevalence_matched_threshold_ignores_a_constant_yes_bias() -> None:

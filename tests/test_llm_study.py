@@ -153,3 +153,15 @@ def test_cli_evaluate_with_target_l0_and_progress(assets, tmp_path) -> None:
     assert "evaluate [3/3]" in done.stderr and "omp on relu's dictionary" in done.stdout
     bad = subprocess.run([*args[:-1], "two"], capture_output=True, text=True, timeout=300)
     assert bad.returncode == 2 and "--target-l0 must be numbers" in bad.stderr
+
+
+def test_sparse_coding_starts_at_its_target_penalty_with_a_short_warm_up() -> None:
+    """The controller has most of sparse coding's few steps (warm-up 10%) and starts from the preset's penalty."""
+    from sparseinfer.experiments.llm_study import train_config
+
+    preset = get_preset("quick")
+    for target in preset.targets:
+        cfg = train_config(preset, "sparse_coding", target, 576)
+        assert cfg.encoder == "gradient" and cfg.target_l0 == target and cfg.steps == preset.sparse_coding_steps
+        assert cfg.hparams["penalty"] == preset.sparse_coding_penalty[target]
+        assert cfg.l1_warmup_steps == preset.sparse_coding_steps // 10
