@@ -18,11 +18,12 @@ from sparseinfer.evaluation.absorption import (
     split_by_word,
 )
 
-DIM = 8
+DIM = 24
 E = np.eye(DIM)
-TRAIN = ["sam", "sun", "sip", "sad", "set", "sky", "dog", "cat", "map", "pen", "hat", "rug", "box"]
+TRAIN = [f"s{c}" for c in "abcdefghijkl"] + [f"{f}{c}" for f in "dcm" for c in "abcd"]
 TEST = ["sea", "short", "dot", "cap", "mop", "pin"]
 WORDS = TRAIN + TEST
+S = 2.0  # the s-feature's magnitude in every s-word's activation
 # every word's own direction, orthogonal to e0 (the "starts with s" direction)
 _RANDOM = np.random.default_rng(7).standard_normal((len(WORDS), DIM - 1))
 OWN = {w: np.r_[0.0, v] / np.linalg.norm(v) for w, v in zip(WORDS, _RANDOM, strict=True)}
@@ -34,7 +35,7 @@ def _tokens(words: list[str], per_word: int, seed: int) -> tuple[torch.Tensor, n
     rows, names = [], []
     for w in words:
         for _ in range(per_word):
-            rows.append((E[0] if w.startswith("s") else 0) + OWN[w] + 0.02 * rng.standard_normal(DIM))
+            rows.append((S * E[0] if w.startswith("s") else 0) + OWN[w] + 0.02 * rng.standard_normal(DIM))
             names.append(f" {w}")
     return torch.tensor(np.array(rows), dtype=torch.float32), np.array(names, dtype=object)
 
@@ -47,25 +48,25 @@ def _case() -> LetterData:
 
 def _codes(data: LetterData, split: str, absorbed: bool) -> np.ndarray:
     """Hand-made codes: latent 0 is "starts with s", latent 1 + i word i; with `absorbed`, the "short" latent has
-    decoder e0 + own("short") (it carries the s-feature) and latent 0 stays off on "short"."""
+    decoder S e0 + own("short") (it carries the s-feature) and latent 0 stays off on "short"."""
     words = data.words_train if split == "train" else data.words_test
     codes = np.zeros((len(words), 1 + len(WORDS)))
     for i, w in enumerate(words):
         w = w.strip()
         j = 1 + WORDS.index(w)
         if w == "short" and absorbed:
-            codes[i, j] = np.sqrt(2)
+            codes[i, j] = np.sqrt(S**2 + 1)
             continue
         codes[i, j] = 1.0
         if w.startswith("s"):
-            codes[i, 0] = 1.0
+            codes[i, 0] = S
     return codes
 
 
 def _dictionary(absorbed: bool) -> Dictionary:
     atoms = np.array([E[0], *(OWN[w] for w in WORDS)])
     if absorbed:
-        atoms[1 + WORDS.index("short")] = (E[0] + OWN["short"]) / np.sqrt(2)
+        atoms[1 + WORDS.index("short")] = (S * E[0] + OWN["short"]) / np.sqrt(S**2 + 1)
     return Dictionary(torch.tensor(atoms, dtype=torch.float64), normalise=False)
 
 

@@ -30,7 +30,6 @@ import pandas as pd
 import torch
 from sklearn.linear_model import LogisticRegression
 from sklearn.metrics import f1_score
-from sklearn.preprocessing import StandardScaler
 from torch import Tensor
 
 from sparseinfer.codes import as_dense
@@ -102,19 +101,19 @@ def split_by_word(x: Tensor, words: np.ndarray, test_fraction: float = 0.5, seed
 
 
 def fit_letter_probes(data: LetterData, min_count: int = MIN_COUNT, seed: int = 0) -> list[LetterProbe]:
-    """One logistic-regression probe per letter with >= `min_count` tokens in both splits (class-balanced)."""
+    """One logistic-regression probe per letter (on centred activations, class-balanced) for every letter with
+    >= `min_count` tokens of it and of other letters in both splits."""
     train_l, test_l = data.letters("train"), data.letters("test")
     xs, xt = data.x_train.double().numpy(), data.x_test.double().numpy()
-    scaler = StandardScaler().fit(xs)
-    zs, zt = scaler.transform(xs), scaler.transform(xt)
-    sigma = np.where(scaler.scale_ > 0, scaler.scale_, 1.0)
+    mean = xs.mean(axis=0)  # centred, not standardised: the L2 penalty then acts in activation space itself
+    zs, zt = xs - mean, xt - mean
     probes = []
     for letter in sorted(set(train_l) & set(test_l)):
         y, yt = train_l == letter, test_l == letter
         if min(y.sum(), yt.sum(), (~y).sum(), (~yt).sum()) < min_count:
             continue
         model = LogisticRegression(class_weight="balanced", max_iter=2000, random_state=seed).fit(zs, y)
-        w = model.coef_[0] / sigma  # the direction in raw activation space
+        w = model.coef_[0]
         fires = model.predict(zt).astype(bool)
         probes.append(LetterProbe(letter, w / np.linalg.norm(w), float(f1_score(yt, fires)), fires))
     return probes
