@@ -241,3 +241,61 @@ def test_refit_rejects_mismatched_shapes() -> None:
         refit_on_support(x, dictionary.atoms.detach(), torch.ones(4, 15, dtype=torch.float64))
     with pytest.raises(SparseInferError, match="rows"):
         refit_on_support(x, dictionary.atoms.detach(), torch.ones(3, 16, dtype=torch.float64))
+
+
+def _default_problems() -> list[tuple[str, Dictionary, torch.Tensor, float, bool]]:
+    """The fixed problems of issue 15: the study's non-negative (16, 8, K=3) data and a noisy signed one."""
+    _, protocol, x = _protocol_data(batch=256)
+    dictionary, noisy = _problem(48, 16, batch=64, seed=11)
+    return [("nonneg (16, 8, 3)", protocol, x, 0.05, True), ("noisy signed", dictionary, noisy, 0.2, False)]
+
+
+@pytest.mark.parametrize("name", SOLVERS)
+def test_defaults_reach_their_tolerance_or_say_so(name: str) -> None:
+    """At default tol/max_iter: within 1e-6 of sklearn's optimum (relative objective), or reported unconverged;
+    fista must converge. The duality gap it reports bounds the true gap."""
+    for label, dictionary, x, penalty, nonneg in _default_problems():
+        atoms = dictionary.atoms.detach()
+        best = lasso_objective(x, atoms, _sklearn_codes(x, atoms, penalty, nonneg), penalty)
+        encoder = create(name, penalty=penalty, nonneg=nonneg)
+        codes = encoder(x, dictionary)
+        gap = (lasso_objective(x, atoms, codes, penalty) - best) / best
+        diagnostics = encoder.diagnostics
+        assert diagnostics is not None and diagnostics.measure == "max relative duality gap"
+        assert gap.max().item() <= diagnostics.max_change * (1 + 1e-9) + 1e-12, (name, label)
+        if name == "fista":
+            assert diagnostics.converged, (label, diagnostics)
+        if diagnostics.converged:
+            assert gap.max().item() < 1e-6, (name, label, gap.max().item())
+        else:
+            assert diagnostics.n_unconverged > 0 and "not converged" in str(diagnostics)
+
+
+def test_duality_gap_is_zero_at_the_optimum_and_bounds_the_error() -> None:
+    from sparseinfer.encoders._proximal import relative_duality_gap
+
+    dictionary, x = _problem(24, 10, batch=20, seed=5)
+    atoms = dictionary.atoms.detach()
+    for nonneg in (False, True):
+        optimum = _sklearn_codes(x, atoms, 0.3, nonneg)
+        assert relative_duality_gap(x, atoms, optimum, 0.3, nonneg).max().item() < 1e-10
+        rough = optimum + 0.05 * torch.randn(optimum.shape, generator=torch.Generator().manual_seed(0), dtype=x.dtype)
+        rough = rough.clamp_min(0) if nonneg else rough
+        error = (lasso_objective(x, atoms, rough, 0.3) - lasso_objective(x, atoms, optimum, 0.3)) / lasso_objective(
+            x, atoms, rough, 0.3
+        )
+        bound = relative_duality_gap(x, atoms, rough, 0.3, nonneg)
+        assert (bound >= error - 1e-12).all() and error.max().item() > 1e-4
+
+
+@pytest.mark.parametrize("name", SOLVERS)
+def test_tol_zero_reports_no_convergence_test(name: str) -> None:
+    dictionary, x = _problem(24, 10, batch=8, seed=2)
+    encoder = create(name, penalty=0.3, max_iter=30, tol=0.0)
+    encoder(x, dictionary)
+    assert encoder.diagnostics is not None and not encoder.diagnostics.tested
+    assert not encoder.diagnostics.converged
+    assert str(encoder.diagnostics) == "30 iterations, no convergence test"
+    with FlopCounterMode(display=False) as counter:  # no gap checks counted either
+        encoder(x, dictionary)
+    assert encoder.flops(8, 10, 24).matmul == counter.get_total_flops()

@@ -10,7 +10,7 @@ from pydantic import Field, StrictBool, StrictInt
 from torch import Tensor
 
 from sparseinfer.encoders._active_set import Trace
-from sparseinfer.encoders._proximal import GradientStep, Iterates, ProximalConfig, ProximalEncoder, shrink
+from sparseinfer.encoders._proximal import GAP_TOL, GradientStep, Iterates, ProximalConfig, ProximalEncoder, shrink
 from sparseinfer.encoders.base import configure, register
 from sparseinfer.encoders.lasso import ExactLasso
 from sparseinfer.flops import proximal as flops
@@ -49,8 +49,9 @@ class FISTAEncoder(ExactLasso, ProximalEncoder):
     `restart` resets a sample's momentum when it points uphill (O'Donoghue & Candes' gradient test), which keeps
     the fast rate without FISTA's oscillations; each sample carries its own momentum, so nothing synchronises.
     `step_size` None means 1/L, L the largest eigenvalue of D D^T. Stops when, at a check (every `check_every`
-    iterations), max over samples of ||s_t - s_{t-1}|| / ||s_t|| < `tol`. `debias` refits least squares on the
-    support found.
+    iterations), every sample's relative duality gap is below `tol` (default 1e-6, a bound on the relative
+    objective error; at least 50 eps of the dtype, 6e-6 in float32; tol = 0: no test, max_iter iterations).
+    `debias` refits least squares on the support found.
 
     `active_set=True` replaces the iterations by the exact active-set solver of the `lasso` encoder (the same
     codes; `max_iter` bounds its rounds, `tol` is its KKT slack; step_size, check_every, restart and compile are
@@ -75,7 +76,7 @@ class FISTAEncoder(ExactLasso, ProximalEncoder):
         self,
         penalty: float = 0.01,
         max_iter: int = 1000,
-        tol: float = 1e-5,
+        tol: float = GAP_TOL,
         nonneg: bool = False,
         debias: bool = False,
         step_size: float | None = None,
@@ -120,4 +121,6 @@ class FISTAEncoder(ExactLasso, ProximalEncoder):
             codes = new
 
     def _formula(self, batch: int, dim: int, n_latents: int, iterations: int) -> Flops:
-        return flops.fista(batch, dim, n_latents, iterations, self._needs_lipschitz(), self.check_every, self.restart)
+        return flops.fista(
+            batch, dim, n_latents, iterations, self._needs_lipschitz(), self._check_interval(), self.restart
+        )

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from torch import Tensor
 
-from sparseinfer.encoders._proximal import GradientStep, Iterates, ProximalConfig, ProximalEncoder, shrink
+from sparseinfer.encoders._proximal import GAP_TOL, GradientStep, Iterates, ProximalConfig, ProximalEncoder, shrink
 from sparseinfer.encoders.base import configure, register
 from sparseinfer.flops import proximal as flops
 from sparseinfer.flops.primitives import Flops
@@ -18,7 +18,8 @@ class ISTAEncoder(ProximalEncoder):
     sklearn `Lasso(alpha)` with X = D^T solves it for alpha = penalty / dim); `nonneg` adds s >= 0.
     The protocol's loss mean((x - sD)^2) + lam mean|s| corresponds to penalty = lam * dim / (2 n_latents).
     `step_size` None means 1/L, L the largest eigenvalue of D D^T. Stops when, at a check (every `check_every`
-    iterations), max over samples of ||s_t - s_{t-1}|| / ||s_t|| < `tol`. `debias` refits least squares on the
+    iterations), every sample's relative duality gap is below `tol` (as `fista`; ISTA's slower rate may need
+    more than the default max_iter, which the diagnostics then report). `debias` refits least squares on the
     support found.
     """
 
@@ -30,7 +31,7 @@ class ISTAEncoder(ProximalEncoder):
         self,
         penalty: float = 0.01,
         max_iter: int = 1000,
-        tol: float = 1e-5,
+        tol: float = GAP_TOL,
         nonneg: bool = False,
         debias: bool = False,
         step_size: float | None = None,
@@ -48,4 +49,4 @@ class ISTAEncoder(ProximalEncoder):
             codes = new
 
     def _formula(self, batch: int, dim: int, n_latents: int, iterations: int) -> Flops:
-        return flops.ista(batch, dim, n_latents, iterations, self._needs_lipschitz(), self.check_every)
+        return flops.ista(batch, dim, n_latents, iterations, self._needs_lipschitz(), self._check_interval())

@@ -5,7 +5,7 @@ from __future__ import annotations
 from pydantic import Field, StrictInt
 from torch import Tensor
 
-from sparseinfer.encoders._proximal import GradientStep, Iterates, LassoConfig, ProximalEncoder, shrink
+from sparseinfer.encoders._proximal import GAP_TOL, GradientStep, Iterates, LassoConfig, ProximalEncoder, shrink
 from sparseinfer.encoders.base import configure, register
 from sparseinfer.flops import proximal as flops
 from sparseinfer.flops.primitives import Flops
@@ -22,7 +22,8 @@ class LCAEncoder(ProximalEncoder):
     corresponds to penalty = lam * dim / (2 n_latents). An Euler step of length `dt` reads, with eta = dt / tau,
     u <- a + eta (x D^T - a D D^T) + (1 - eta)(u - a): a gradient step from a plus the decaying
     threshold residual. `dt` None means dt = tau / L, L the largest eigenvalue of D D^T. Stops when, at a check
-    (every `check_every` iterations), max over samples of ||a_t - a_{t-1}|| / ||a_t|| < `tol`. A warm start
+    (every `check_every` iterations), every sample's relative duality gap at the codes a is below `tol` (as
+    `fista`). A warm start
     sets u = a + penalty * sign(a), whose threshold is the given codes. `debias` refits least squares on the
     support found.
     """
@@ -34,12 +35,13 @@ class LCAEncoder(ProximalEncoder):
         tau: float = Field(1.0, description="time constant of the dynamics (> 0)")
         dt: float | None = Field(None, description="Euler step (None: tau / L)")
         check_every: StrictInt = Field(10, description="iterations between convergence checks")
+        tol: float = Field(GAP_TOL, description="stop when every sample's relative duality gap is below (0: never)")
 
     def __init__(
         self,
         penalty: float = 0.01,
         max_iter: int = 1000,
-        tol: float = 1e-5,
+        tol: float = GAP_TOL,
         nonneg: bool = False,
         debias: bool = False,
         tau: float = 1.0,
@@ -69,5 +71,5 @@ class LCAEncoder(ProximalEncoder):
 
     def _formula(self, batch: int, dim: int, n_latents: int, iterations: int) -> Flops:
         return flops.lca(
-            batch, dim, n_latents, iterations, self._needs_lipschitz(), self.check_every, warm_start=self._warm
+            batch, dim, n_latents, iterations, self._needs_lipschitz(), self._check_interval(), warm_start=self._warm
         )

@@ -57,10 +57,12 @@ def threshold(batch: int, n_latents: int) -> Flops:
     return elementwise(batch * n_latents, 2)
 
 
-def tolerance_checks(batch: int, n_latents: int, iterations: int, check_every: int) -> Flops:
-    """ceil(iterations / check_every) checks of max_i ||s_t - s_{t-1}|| / ||s_t||."""
-    checks = -(-iterations // check_every)
-    return elementwise(checks * (5 * batch * n_latents + 5 * batch))
+def tolerance_checks(batch: int, dim: int, n_latents: int, iterations: int, check_every: int) -> Flops:
+    """ceil(iterations / check_every) relative duality gaps: r = x - s D and r D^T (two products), the primal and
+    dual values and the scaling (element-wise passes over (batch, N) and (batch, M)). check_every 0: no checks."""
+    checks = -(-iterations // check_every) if check_every else 0
+    per_check = matmul(batch, n_latents, dim) + matmul(batch, dim, n_latents)
+    return (per_check + elementwise(4 * batch * n_latents + 8 * batch * dim + 8 * batch)) * checks
 
 
 def _proximal_loop(
@@ -71,7 +73,7 @@ def _proximal_loop(
     return (
         setup(batch, dim, n_latents, lipschitz)
         + per_iter * iterations
-        + tolerance_checks(batch, n_latents, iterations, check_every)
+        + tolerance_checks(batch, dim, n_latents, iterations, check_every)
     )
 
 
