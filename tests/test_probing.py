@@ -1,0 +1,92 @@
+"""Sparse probing on planted cases with known answers (an exact label indicator probes at 100%, uninformative
+latents near chance), the part-of-speech alignment rule, and the corpus tasks on the tiny model."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from sparseinfer import SparseInferError
+from sparseinfer.evaluation.probing import (
+    Passage,
+    ProbeTask,
+    coarse_tag,
+    document_task,
+    evaluate_probes,
+    select_latents,
+    split_documents,
+    token_tags,
+    token_task,
+)
+
+
+def _task(n_docs: int = 60, tokens: int = 5, seed: int = 0) -> ProbeTask:
+    rng = np.random.default_rng(seed)
+    labels = np.array(["a", "b", "c"] * (n_docs // 3))
+    example = np.repeat(np.arange(n_docs), tokens)
+    x = torch.tensor(rng.standard_normal((n_docs * tokens, 6)), dtype=torch.float32)
+    return ProbeTask("planted", x, example, labels, split_documents(labels, seed=seed))
+
+
+def _planted_codes(task: ProbeTask, informative: bool, seed: int = 1) -> np.ndarray:
+    """Latent 3 is exactly 'the token's document is labelled a' (when informative); the rest uniform noise."""
+    rng = np.random.default_rng(seed)
+    codes = rng.uniform(0, 1, (task.x.shape[0], 10))
+    if informative:
+        codes[:, 3] = (task.labels[task.example] == "a").astype(float)
+    return codes
+
+
+def test_indicator_latent_probes_at_100_percent() -> None:
+    task = _task()
+    rows = evaluate_probes([task], lambda x: _planted_codes(task, True))
+    a = rows[(rows["class"] == "a")]
+    assert (a["accuracy"] == 1.0).all() and list(a["k"]) == [1, 2, 5, 20]
+    pooled = task.features(_planted_codes(task, True))
+    assert select_latents(pooled, task.labels == "a", 1).tolist() == [3]
+    assert {"ci_low", "ci_high"} <= set(rows.columns)
+
+
+def test_uninformative_latents_probe_near_chance() -> None:
+    task = _task(n_docs=300, tokens=2)
+    rows = evaluate_probes([task], lambda x: _planted_codes(task, False))
+    pooled = rows[rows["class"] == "all"]
+    assert (pooled["accuracy"] < 0.65).all() and (pooled["accuracy"] > 0.35).all()
+    assert (pooled["ci_low"] <= pooled["accuracy"]).all() and (pooled["accuracy"] <= pooled["ci_high"]).all()
+
+
+def test_dense_probe_is_the_ceiling_rows() -> None:
+    task = _task()
+    task.x[:, 0] = torch.tensor((task.labels[task.example] == "b").astype(np.float32))
+    rows = evaluate_probes([task], None)
+    b = rows[(rows["class"] == "b")]
+    assert sorted(b["k"]) == [1, 2, 5, 6, 20] and (b["accuracy"] == 1.0).all()
+
+
+def test_split_is_by_document_and_stratified() -> None:
+    labels = ["x"] * 10 + ["y"] * 4 + ["z"]
+    train = split_documents(labels, seed=0)
+    assert (~train[:10]).sum() == 3 and (~train[10:14]).sum() == 1 and train[14]
+
+
+def test_pos_alignment_rule() -> None:
+    tagged = [("The", "at"), ("dog's", "nn$"), ("``", "``"), ("ran", "vbd"), ("''", "''"), (".", ".")]
+    text = 'The dog\'s "ran".'
+    offsets = [(0, 3), (3, 7), (7, 9), (9, 11), (11, 15), (15, 16)]  # "The", " dog", "'s", ' "', "ran", '".'
+    tags = token_tags(text, tagged, [(0, 3), (3, 7), (7, 9), (9, 11), (11, 14), (14, 16)])
+    assert tags == ["determiner", "noun", "noun", None, "verb", None]
+    assert coarse_tag("np-tl") == "proper_noun" and coarse_tag(",") is None and offsets
+
+
+def test_token_and_document_tasks_and_bad_input() -> None:
+    acts = [torch.randn(3, 4), torch.randn(2, 4)]
+    passages = [Passage([0, 1, 2, 3], "news", ["noun", None, "verb"]), Passage([0, 1, 2], "fiction", ["noun", "verb"])]
+    doc = document_task("genre", passages, acts)
+    assert doc.x.shape == (5, 4) and doc.example.tolist() == [0, 0, 0, 1, 1]
+    tok = token_task("pos", passages, acts, np.array([True, False]))
+    assert tok.labels.tolist() == ["noun", "verb", "noun", "verb"] and tok.train.tolist() == [True, True, False, False]
+    with pytest.raises(SparseInferError, match="one example index"):
+        ProbeTask("bad", torch.zeros(3, 2), np.zeros(2, dtype=int), np.array(["a"]), np.array([True]))
+    with pytest.raises(SparseInferError, match="no class"):
+        evaluate_probes([doc], None)
