@@ -185,6 +185,9 @@ def test_ito_from_plain_config_equals_manual_composition() -> None:
     manual = si.create("gradient", **refine)(x, dictionary, init=start)
     assert torch.allclose(codes, manual, rtol=1e-12, atol=0)
     assert ito.diagnostics is not None and ito.diagnostics.iterations == 50
+    # tol = 0 (the default): no convergence test ran, and the summary says so instead of claiming convergence
+    assert not ito.diagnostics.tested and not ito.diagnostics.converged
+    assert str(ito.diagnostics) == "50 iterations, no convergence test"
     # The two start modes differ; "cold" is gradient from u = -10, ignoring the encoder.
     cold = ITOEncoder.wrap(ito.encoder, si.create("gradient", **refine), start="cold")
     assert torch.allclose(cold(x, dictionary), si.create("gradient", **refine)(x, dictionary), rtol=1e-12, atol=0)

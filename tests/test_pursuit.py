@@ -12,6 +12,7 @@ from sklearn.linear_model import orthogonal_mp
 from torch.utils.flop_counter import FlopCounterMode
 
 import sparseinfer as si
+from sparseinfer.encoders import omp as omp_module
 from sparseinfer.flops import pursuit
 
 
@@ -169,12 +170,53 @@ def _counted(fn) -> int:
     return counter.get_total_flops()
 
 
+@pytest.fixture
+def batched_omp(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Run omp's batched torch path (the compiled kernel off), whose every product FlopCounterMode sees."""
+    monkeypatch.setattr(omp_module, "COMPILED", False)
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+@pytest.mark.parametrize(("n_latents", "dim", "k", "tol"), [(40, 16, 6, 0.0), (30, 12, 30, 1e-10), (30, 12, 30, 0.05),
+                                                          (200, 64, 10, 0.0), (64, 32, 12, 1e-3)])  # fmt: skip
+def test_compiled_omp_equals_batched_path(
+    monkeypatch: pytest.MonkeyPatch, n_latents: int, dim: int, k: int, tol: float, dtype: torch.dtype
+) -> None:
+    """The compiled Batch-OMP kernel against the batched torch path (itself checked against sklearn above)."""
+    assert omp_module.COMPILED
+    gen = torch.Generator().manual_seed(n_latents + k)
+    atoms = torch.randn(n_latents, dim, generator=gen, dtype=dtype)
+    atoms /= atoms.norm(dim=1, keepdim=True)
+    x = torch.randn(70, dim, generator=gen, dtype=dtype)
+    compiled = si.create("omp", k=k, tol=tol)
+    fast = compiled.solve(x, atoms, None)
+    assert compiled._compiled_work is not None  # the kernel ran
+    monkeypatch.setattr(omp_module, "COMPILED", False)
+    batched = si.create("omp", k=k, tol=tol)
+    slow = batched.solve(x, atoms, None)
+    atol = 1e-10 if dtype == torch.float64 else 1e-3
+    assert torch.equal(fast != 0, slow != 0)
+    torch.testing.assert_close(fast, slow, atol=atol, rtol=0)
+    assert str(compiled.diagnostics) == str(batched.diagnostics)
+
+
+def test_compiled_omp_flops_count_its_products() -> None:
+    dictionary, x, _ = _problem(40, 16, 32, seed=4)
+    encoder = si.create("omp", k=6)
+    counted = _counted(lambda: encoder(x, dictionary))
+    expected = pursuit.batch_omp(32, 16, 40, 6, encoder._compiled_work)
+    assert counted == expected.matmul == 2 * 32 * 16 * 40 + 2 * 40 * 16 * 40  # b = x D^T and G = D D^T
+    assert encoder.inference_flops(32, 16, 40) == expected.total > expected.matmul
+
+
 @pytest.mark.parametrize("nonneg", [False, True])
+@pytest.mark.usefixtures("batched_omp")
 def test_omp_flops_match_counter(nonneg: bool) -> None:
     dictionary, x, _ = _problem(40, 16, 32, seed=4)
     encoder = si.create("omp", k=6, nonneg=nonneg)
     counted = _counted(lambda: encoder(x, dictionary))
     assert encoder.diagnostics is not None and encoder.diagnostics.iterations == 6
+    assert str(encoder.diagnostics) == "6 iterations, no convergence test"  # tol = 0: k steps, no test
     assert counted == pursuit.omp(32, 16, 40, 6, nonneg).matmul
     assert encoder.inference_flops(32, 16, 40) >= counted
 
@@ -190,6 +232,7 @@ def test_matching_pursuit_flops_match_counter(warm: bool) -> None:
     assert encoder.inference_flops(32, 16, 40) == pursuit.matching_pursuit(32, 16, 40, 9, warm).total
 
 
+@pytest.mark.usefixtures("batched_omp")
 def test_early_stop_counts_only_steps_run() -> None:
     dictionary, x, _ = _problem(64, 32, 16, seed=6, sparse_k=2)
     encoder = si.create("omp", k=10, tol=1e-12)

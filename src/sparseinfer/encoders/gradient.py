@@ -163,7 +163,9 @@ class GradientEncoder(IterativeEncoder):
                     break
         stuck = int((change >= self.tol).sum()) if self.tol > 0 else 0
         worst = float(change.max()) if change.numel() else 0.0
-        self.diagnostics = Diagnostics(iterations=steps, converged=stuck == 0, max_change=worst, n_unconverged=stuck)
+        self.diagnostics = Diagnostics(
+            iterations=steps, converged=stuck == 0, max_change=worst, n_unconverged=stuck, tested=self.tol > 0
+        )
         if self.debias:
             kept = torch.where(codes.abs() > self.support_threshold, codes, 0.0)
             codes, self._support_sizes = refit_with_sizes(x, atoms, kept, self.parameterisation != "none")

@@ -80,7 +80,9 @@ class MatchingPursuitEncoder(IterativeEncoder):
             change = float((coef.abs() / codes.norm(dim=1).clamp_min(torch.finfo(x.dtype).tiny)).max())
             active = ok & ((residual * residual).sum(1) > self.tol)
         left = int(((residual * residual).sum(1) > self.tol).sum()) if self.tol > 0 else 0
-        self.diagnostics = Diagnostics(iterations=steps, converged=left == 0, max_change=change, n_unconverged=left)
+        self.diagnostics = Diagnostics(
+            iterations=steps, converged=left == 0, max_change=change, n_unconverged=left, tested=self.tol > 0
+        )
         return codes
 
     def inference_flops(self, batch: int, dim: int, n_latents: int) -> int:
