@@ -3,7 +3,8 @@
 Documents are drawn in a seeded random order across the sources (`HarvestConfig.seed`) and contexts from `mix`
 documents open at once, so any prefix of a store is a mixture of sources and documents, not one play. The store's
 manifest records the seed, the mix, what the model is (`lm.describe_model`) and, per source, the documents and tokens
-the stored contexts hold.
+the stored contexts hold. A harvest holds the lock of its output folder (a second one there is refused), marks its
+stores incomplete until it ends, and refuses text that is not text (binary or not UTF-8) or gives no context at all.
 """
 
 from __future__ import annotations
@@ -20,11 +21,14 @@ from tqdm.auto import tqdm
 
 from sparseinfer.data.store import ActivationStore, Manifest
 from sparseinfer.errors import SparseInferError
+from sparseinfer.lm.corpora import Document
 from sparseinfer.lm.hooks import HookPoint, capture, resolve_hook_points
 from sparseinfer.lm.model import DEFAULT_MODEL, describe_model, load_model
 from sparseinfer.lm.text import DEFAULT_CORPUS, iter_corpus, tokenise_contexts
+from sparseinfer.locks import folder_lock
 
 _DTYPES = ("float32", "float16", "bfloat16")
+_MAX_UNDECODABLE = 0.01  # share of U+FFFD (bytes that were not UTF-8) above which a document counts as binary
 
 
 @dataclass(frozen=True)
@@ -82,12 +86,25 @@ def contexts_for(
 ) -> Iterator[torch.Tensor]:
     """The deterministic sequence of context rows a harvest (or an on-the-fly reader) consumes; `stats` is filled
     with the documents and tokens per source of the rows drawn so far."""
-    docs = iter_corpus(config.text, split=config.split, seed=config.seed)
+    docs = _text_only(iter_corpus(config.text, split=config.split, seed=config.seed), config.text)
     mix = 1 if config.seed is None else config.mix
     return tokenise_contexts(
         docs, tokenizer, config.context_length, config.bos, config.cross_document, config.n_contexts,
         mix=mix, seed=config.seed or 0, stats=stats,
     )  # fmt: skip
+
+
+def _text_only(docs: Iterator[Document], source: str) -> Iterator[Document]:
+    """Pass documents through, refusing binary ones (NUL bytes, or many bytes that were not UTF-8) and files that
+    cannot be decoded, so that a harvest never stores the tokens of noise."""
+    try:
+        for doc in docs:
+            text = doc.text if isinstance(doc.text, str) else ""
+            if "\x00" in text or text.count("\ufffd") > _MAX_UNDECODABLE * max(len(text), 1):
+                raise SparseInferError(f"text {source!r}: document {doc.name!r} is not UTF-8 text (binary?)")
+            yield doc
+    except UnicodeDecodeError as err:
+        raise SparseInferError(f"text {source!r} is not UTF-8 text (byte {err.start}: {err.reason})") from None
 
 
 def store_folder(out: Path, point: HookPoint, several: bool) -> Path:
@@ -116,7 +133,8 @@ def harvest(
     if config.threads is not None:
         torch.set_num_threads(config.threads)
     try:
-        return _harvest(config, Path(out), resume, progress, model)
+        with folder_lock(out, "harvest"):
+            return _harvest(config, Path(out), resume, progress, model)
     finally:
         torch.set_num_threads(before)
 
@@ -141,6 +159,9 @@ def _harvest(
     if any(s.manifest.n_contexts != done for s in stores.values()):
         raise SparseInferError("the stores of this harvest hold different numbers of contexts; delete and rerun")
     todo = config.n_contexts - done
+    for s in stores.values():
+        if todo > 0 or not s.manifest.complete:
+            s.begin(max(config.n_contexts, done))  # incomplete until `finish` below
     stats: dict[str, dict[str, int]] = {}
     rows = islice(contexts_for(config, tokenizer, stats), done, None)  # skipped rows still count in `stats`
     bar = tqdm(
@@ -171,6 +192,11 @@ def _harvest(
             break
     bar.close()
     stored = min(s.manifest.n_contexts for s in stores.values())
+    if not stored:
+        raise SparseInferError(
+            f"text {config.text!r} gives no context of {config.context_length} tokens (empty, or too short); "
+            "nothing was stored"
+        )
     if stored < config.n_contexts:
         bar.write(f"text ran out: stored {stored} of {config.n_contexts} contexts")
     for s in stores.values():

@@ -1,0 +1,74 @@
+"""A memory guard: estimate the bytes of the big tensors before allocating them, and refuse what cannot fit.
+
+Without it, `--n-samples 100000000000000` reaches the allocator ("can't allocate 128000000000128 bytes") or, worse,
+a size just too large swaps for half an hour before the kernel kills the process. Estimates count the large
+arrays only (signals, codes, dictionary, Gram, activation buffers) and are compared with the memory available now:
+`MemAvailable` of the host (through psutil, else /proc/meminfo), or the free memory of a CUDA device.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from pathlib import Path
+
+import torch
+
+from sparseinfer.errors import SparseInferError
+
+_MEMINFO = Path("/proc/meminfo")
+
+
+def tensor_bytes(*shape: int, dtype: torch.dtype = torch.float32) -> int:
+    """Bytes of a dense tensor of `shape` and `dtype` (exact Python integers: no overflow for absurd sizes)."""
+    return math.prod(int(s) for s in shape) * torch.empty((), dtype=dtype).element_size()
+
+
+def available_bytes(device: str | torch.device = "cpu") -> int | None:
+    """Memory that can be allocated now on `device` (host: MemAvailable), or None when it cannot be told."""
+    device = torch.device(device)
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            return None
+        free, _ = torch.cuda.mem_get_info(device)
+        return int(free)
+    if device.type != "cpu":
+        return None
+    try:
+        import psutil
+
+        return int(psutil.virtual_memory().available)
+    except ImportError:
+        pass
+    try:
+        for line in _MEMINFO.read_text().splitlines():
+            if line.startswith("MemAvailable:"):
+                return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    return None
+
+
+def format_bytes(n: float) -> str:
+    """1536 -> '1.5 KiB' (binary units, one decimal)."""
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB", "PiB"):
+        if abs(n) < 1024 or unit == "PiB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    raise AssertionError("unreachable")
+
+
+def check_memory(what: str, parts: Mapping[str, int], device: str | torch.device = "cpu") -> int:
+    """Refuse `what` when the bytes of its `parts` (name -> bytes) exceed the memory available on `device`.
+
+    Returns the total estimate. The message gives the size needed, the largest parts and what is available."""
+    total = sum(int(v) for v in parts.values())
+    free = available_bytes(device)
+    if free is not None and total > free:
+        largest = sorted(parts.items(), key=lambda kv: -kv[1])[:3]
+        detail = ", ".join(f"{name} {format_bytes(b)}" for name, b in largest)
+        raise SparseInferError(
+            f"{what} needs about {format_bytes(total)} ({detail}) but only {format_bytes(free)} of memory is "
+            f"available on {torch.device(device).type}; use smaller sizes"
+        )
+    return total
