@@ -16,8 +16,9 @@ import pandas as pd
 import pytest
 
 from sparseinfer.errors import SparseInferError
+from sparseinfer.experiments.llm_files import STAGES, finished, marker
 from sparseinfer.experiments.llm_presets import get_preset
-from sparseinfer.experiments.llm_study import STAGES, finished, marker, run_llm_study, write_llm_report
+from sparseinfer.experiments.llm_study import run_llm_study, write_llm_report
 from sparseinfer.interp.fake import FakeLLMServer
 from sparseinfer.lm.tiny import build_tiny_model
 

@@ -22,11 +22,8 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import platform
-import resource
-import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -35,74 +32,12 @@ import torch
 import yaml
 
 from sparseinfer.errors import SparseInferError
+from sparseinfer.experiments.llm_files import STAGES, marker, measured, versions, write_atomic
 from sparseinfer.experiments.llm_presets import LLMPreset, get_preset
+from sparseinfer.experiments.llm_report import RESULTS, write_llm_report
 
-STAGES = ("data", "train", "evaluate", "interp", "report")
-RESULTS = "results.parquet"
 Progress = Callable[[str], None]
 ROUND_MLP = 5.5  # the study's MLP hidden width per model dimension (768 -> 4,224)
-
-
-# ---------------------------------------------------------------------------------------------------- stage files
-def write_atomic(path: Path, text: str) -> None:
-    """Write `text` to `path` through a temporary file and a rename, so a kill never leaves half a file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    tmp.write_text(text)
-    os.replace(tmp, path)
-
-
-def marker(out: Path, stage: str) -> Path:
-    """The completion marker of `stage` in the study folder `out`."""
-    return out / "stages" / f"{stage}.json"
-
-
-def finished(out: Path) -> list[str]:
-    """The stages of `out` that completed."""
-    return [s for s in STAGES if marker(out, s).exists()]
-
-
-def _rss_bytes() -> int:
-    """This process's resident memory now (Linux /proc), else its peak so far."""
-    try:
-        pages = int(Path("/proc/self/statm").read_text().split()[1])
-        return pages * os.sysconf("SC_PAGE_SIZE")
-    except (OSError, ValueError, IndexError):
-        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
-
-
-@contextlib.contextmanager
-def measured(record: dict[str, Any], every: float = 0.25) -> Iterator[None]:
-    """Measure the block's wall time and peak resident memory (sampled) into `record`."""
-    peak, stop = [_rss_bytes()], threading.Event()
-
-    def sample() -> None:
-        while not stop.wait(every):
-            peak[0] = max(peak[0], _rss_bytes())
-
-    thread = threading.Thread(target=sample, daemon=True)
-    start = time.perf_counter()
-    thread.start()
-    try:
-        yield
-    finally:
-        stop.set()
-        thread.join()
-        record["seconds"] = time.perf_counter() - start
-        record["peak_rss_gb"] = max(peak[0], _rss_bytes()) / 2**30
-
-
-def versions() -> dict[str, str]:
-    """Versions of the package, Python and the main libraries (for config.yaml)."""
-    from importlib.metadata import PackageNotFoundError, version
-
-    out = {"python": platform.python_version(), "platform": platform.platform()}
-    for name in ("sparseinfer", "torch", "transformers", "numpy", "pandas"):
-        try:
-            out[name] = version(name)
-        except PackageNotFoundError:
-            out[name] = "not installed"
-    return out
 
 
 # ---------------------------------------------------------------------------------------------------- stages
@@ -152,8 +87,13 @@ def train_config(preset: LLMPreset, family: str, target: int, dim: int) -> Any:
     hparams = {"optimiser": "adam", "lr": 0.1, "max_iter": preset.sparse_coding_iter, "parameterisation": "relu",
                "debias": False, "penalty": preset.sparse_coding_penalty.get(target, 0.01)}  # fmt: skip
     steps = preset.sparse_coding_steps  # few, costly steps: the controller needs most of them (warm-up 10%)
-    schedule = {"steps": steps, "l1_warmup_steps": max(1, steps // 10), "target_l0_rate": 0.2,
-                "checkpoint_every": max(1, min(200, steps // 4)), "eval_every": max(1, min(50, steps // 4))}
+    schedule = {
+        "steps": steps,
+        "l1_warmup_steps": max(1, steps // 10),
+        "target_l0_rate": 0.2,
+        "checkpoint_every": max(1, min(200, steps // 4)),
+        "eval_every": max(1, min(50, steps // 4)),
+    }
     return LMTrainConfig(**{**common, **schedule}, **sparsity, encoder="gradient", hparams=hparams)  # fmt: skip
 
 
@@ -286,81 +226,6 @@ def stage_interp(preset: LLMPreset, out: Path, progress: Progress, base_url: str
         clients = _llm_clients(preset, out, base_url, stack)
         scores, _ = interpret(runs, out / "data" / "test", out / "interp", clients, cfg, progress=progress)
     return {"latents": len(scores), "families": families}
-
-
-# ---------------------------------------------------------------------------------------------------- report
-def _method_label(row: pd.Series) -> str:
-    return f"{row['dictionary']} / {row['method']}"
-
-
-def write_llm_report(out: Path) -> Path:
-    """`report.md` and figures from `results.parquet`, `interp/*.parquet`, `config.yaml` and the stage markers."""
-    from sparseinfer.evaluation.frontier import frontier_figure
-
-    out = Path(out)
-    results = pd.read_parquet(out / RESULTS)
-    config = yaml.safe_load((out / "config.yaml").read_text())
-    ok = results[results["error"] == ""].copy()
-    ok["label"] = ok.apply(_method_label, axis=1)
-    figures = []
-    if len(ok):
-        figures.append(frontier_figure(ok, out, x="l0", group="label", name="frontier_l0.png"))
-        figures.append(
-            frontier_figure(ok, out, x="inference_flops_per_token", group="label", name="frontier_flops.png")
-        )
-    lines = [f"# Language-model study: preset `{config['preset']['name']}`", "",
-             f"Model {config['preset']['model']} at {config['preset']['hook']}, corpus `{config['preset']['text']}`, "
-             f"dictionaries {config['preset']['expansion']}x, targets L0 {config['preset']['targets']}. "
-             f"Expected time: {config['preset']['expected']}.", "", "## Stages", "",
-             "| stage | seconds | peak RSS (GB) |", "|---|---:|---:|"]  # fmt: skip
-    for stage in STAGES[:-1]:
-        if marker(out, stage).exists():
-            m = json.loads(marker(out, stage).read_text())
-            lines.append(f"| {stage} | {m['seconds']:.0f} | {m['peak_rss_gb']:.2f} |")
-    cols = [c for c in ("dictionary", "method", "target_l0", "l0", "fvu", "loss_recovered", "kl", "dead_fraction",
-                        "dense_fraction", "inference_flops_per_token", "train_flops") if c in results]  # fmt: skip
-    lines += ["", "## Reconstruction and downstream loss at matched L0", "",
-              "Every method calibrated to the dictionary's target L0 on held-out tokens (`calibrated_l0`: the L0 "
-              "there; `l0`: on the evaluation tokens).", "", _markdown(results[cols])]  # fmt: skip
-    errors = results[results["error"] != ""]
-    if len(errors):
-        lines += ["", "### Rows without numbers", ""] + [
-            f"- {r.run} / {r.method}: {r.error}" for r in errors.itertuples()
-        ]
-    if len(ok):
-        lines += ["", "## FVU relative to each dictionary's own encoder", ""]
-        base = ok[ok["method"] == "own"].set_index("run")["fvu"]
-        gain = ok.assign(fvu_vs_own=ok["fvu"] / ok["run"].map(base))
-        lines += [_markdown(gain.pivot_table(index="run", columns="method", values="fvu_vs_own"))]
-    comparison = out / "interp" / "comparison.parquet"
-    if comparison.exists():
-        lines += ["", "## Interpretability", "", _markdown(pd.read_parquet(comparison))]
-        controls = out / "interp" / "controls_summary.parquet"
-        lines += ["", "Controls: planted token features must score high, explanations shuffled across latents at "
-                  "chance.", "", _markdown(pd.read_parquet(controls)) if controls.exists() else
-                  "(no controls were run by this version of the pipeline)"]  # fmt: skip
-    lines += ["", "## Figures", ""] + [f"![{p.stem}]({p.name})" for p in figures]
-    path = out / "report.md"
-    write_atomic(path, "\n".join(lines) + "\n")
-    return path
-
-
-def _cell(value: Any) -> str:
-    """One table cell: floats with 4 significant digits, the rest as text."""
-    if isinstance(value, float):
-        return "-" if value != value else f"{value:.4g}"
-    return str(value)
-
-
-def _markdown(table: pd.DataFrame) -> str:
-    """A table as GitHub Markdown (the index too, when it is named)."""
-    if not len(table):
-        return "(no rows)"
-    frame = table.reset_index() if table.index.name is not None else table
-    header = [str(c) for c in frame.columns]
-    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    lines += ["| " + " | ".join(_cell(v) for v in row) + " |" for row in frame.itertuples(index=False)]
-    return "\n".join(lines)
 
 
 def _write_config(preset: LLMPreset, out: Path, resume: bool) -> None:

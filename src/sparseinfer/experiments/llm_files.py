@@ -1,0 +1,78 @@
+"""The study folder's bookkeeping for `sparseinfer reproduce llm`: the stage order, atomic writes, each stage's
+completion marker (`stages/<stage>.json`, with its wall time and peak resident memory) and the versions recorded in
+`config.yaml`."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import platform
+import resource
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+STAGES = ("data", "train", "evaluate", "interp", "report")
+
+
+def write_atomic(path: Path, text: str) -> None:
+    """Write `text` to `path` through a temporary file and a rename, so a kill never leaves half a file."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
+def marker(out: Path, stage: str) -> Path:
+    """The completion marker of `stage` in the study folder `out`."""
+    return out / "stages" / f"{stage}.json"
+
+
+def finished(out: Path) -> list[str]:
+    """The stages of `out` that completed."""
+    return [s for s in STAGES if marker(out, s).exists()]
+
+
+def _rss_bytes() -> int:
+    """This process's resident memory now (Linux /proc), else its peak so far."""
+    try:
+        pages = int(Path("/proc/self/statm").read_text().split()[1])
+        return pages * os.sysconf("SC_PAGE_SIZE")
+    except (OSError, ValueError, IndexError):
+        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+
+
+@contextlib.contextmanager
+def measured(record: dict[str, Any], every: float = 0.25) -> Iterator[None]:
+    """Measure the block's wall time and peak resident memory (sampled) into `record`."""
+    peak, stop = [_rss_bytes()], threading.Event()
+
+    def sample() -> None:
+        while not stop.wait(every):
+            peak[0] = max(peak[0], _rss_bytes())
+
+    thread = threading.Thread(target=sample, daemon=True)
+    start = time.perf_counter()
+    thread.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        thread.join()
+        record["seconds"] = time.perf_counter() - start
+        record["peak_rss_gb"] = max(peak[0], _rss_bytes()) / 2**30
+
+
+def versions() -> dict[str, str]:
+    """Versions of the package, Python and the main libraries (for config.yaml)."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    out = {"python": platform.python_version(), "platform": platform.platform()}
+    for name in ("sparseinfer", "torch", "transformers", "numpy", "pandas"):
+        try:
+            out[name] = version(name)
+        except PackageNotFoundError:
+            out[name] = "not installed"
+    return out
