@@ -10,10 +10,22 @@ from sklearn.linear_model import Lasso
 from torch.utils.flop_counter import FlopCounterMode
 
 from sparseinfer.dictionary import Dictionary
-from sparseinfer.encoders import create
+from sparseinfer.encoders import _active_set, create
 from sparseinfer.encoders._active_set import ActiveSetLasso
 from sparseinfer.encoders._proximal import lasso_objective
 from sparseinfer.errors import SparseInferError
+
+
+@pytest.fixture(autouse=True)
+def batched_path(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Most tests here check the batched active-set method itself: the compiled homotopy is off unless a test
+    turns it on (`compiled`)."""
+    monkeypatch.setattr(_active_set, "COMPILED", False)
+
+
+@pytest.fixture
+def compiled(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(_active_set, "COMPILED", True)
 
 
 def _problem(n_latents: int, dim: int, batch: int, seed: int, k: int | None = None) -> tuple[Dictionary, torch.Tensor]:
@@ -207,3 +219,49 @@ def test_bad_input() -> None:
         encoder(x, dictionary, init=torch.zeros(4, 15, dtype=torch.float64))
     with pytest.raises(SparseInferError, match="NaN"):
         encoder(x, dictionary, init=torch.full((4, 16), float("nan"), dtype=torch.float64))
+
+
+@pytest.mark.usefixtures("compiled")
+@pytest.mark.parametrize("nonneg", [False, True])
+@pytest.mark.parametrize(
+    ("shape", "penalty", "k"),
+    [((32, 16), 0.1, None), ((64, 24), 0.3, None), ((24, 30), 0.05, None), ((96, 32), 0.05, 4), ((48, 20), 2e-3, None)],
+)
+def test_compiled_homotopy_matches_sklearn_and_batched(
+    shape: tuple[int, int], penalty: float, k: int | None, nonneg: bool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The compiled LARS kernel (with the batched fallback for what it cannot finish) reaches sklearn's optimum
+    and the batched path's codes; the last shape's supports fill the dimension, so rows fall back."""
+    n_latents, dim = shape
+    dictionary, x = _problem(n_latents, dim, batch=40, seed=n_latents + dim, k=k)
+    atoms = dictionary.atoms.detach()
+    encoder = _encoder(penalty, nonneg=nonneg)
+    codes = encoder(x, dictionary)
+    assert encoder._trace.path_segments > 0 and encoder.diagnostics.converged
+    reference = _sklearn_lasso(x, atoms, penalty, nonneg)
+    assert _gap(x, atoms, codes, reference, penalty) < 1e-10
+    monkeypatch.setattr(_active_set, "COMPILED", False)
+    batched = _encoder(penalty, nonneg=nonneg)(x, dictionary)
+    torch.testing.assert_close(codes, batched, atol=1e-8, rtol=0)
+    single = _encoder(penalty, nonneg=nonneg)(x.float(), Dictionary(atoms.float()))
+    assert _gap(x, atoms, single.double(), reference, penalty) < 1e-5
+
+
+@pytest.mark.usefixtures("compiled")
+def test_compiled_fallback_rows_and_flops(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Rows the kernel gives up on (here: more segments than allowed) are finished by the batched method; the
+    products FlopCounterMode sees are the set-up's plus the fallback's, as counted."""
+    dictionary, x = _problem(40, 16, batch=30, seed=21)
+    encoder = _encoder(0.05)
+    with FlopCounterMode(display=False) as counter:
+        codes = encoder(x, dictionary)
+    assert encoder._trace.solves == [] and encoder.flops(30, 16, 40).matmul == counter.get_total_flops()
+    reference = _sklearn_lasso(x, dictionary.atoms.detach(), 0.05, False)
+    monkeypatch.setattr(ActiveSetLasso, "solve_segments", 2)
+    limited = _encoder(0.05)
+    with FlopCounterMode(display=False) as counter:
+        again = limited(x, dictionary)
+    assert limited._trace.solves and limited.diagnostics.converged  # the batched method ran on the given-up rows
+    assert limited.flops(30, 16, 40).matmul == counter.get_total_flops()
+    for result in (codes, again):
+        assert _gap(x, dictionary.atoms.detach(), result, reference, 0.05) < 1e-10

@@ -93,6 +93,7 @@ class ActiveSetLasso:
     """Exact Lasso per row of `x` against `atoms` (rows); see the module docstring for the method."""
 
     GRAM_ENTRIES = 1 << 24  # precompute D D^T (and gather W's blocks from it) up to this many entries
+    solve_segments: int | None = None  # the compiled homotopy's segment limit per signal (None: 8 min(M, N) + 16)
 
     def __init__(self, penalty: float, nonneg: bool, size: int, rtol: float, max_rounds: int) -> None:
         self.penalty = penalty
@@ -138,7 +139,7 @@ class ActiveSetLasso:
         value = x.new_zeros(batch, slots)
         sizes, segments, work = (torch.zeros(batch, dtype=torch.long) for _ in range(3))
         status = torch.zeros(batch, dtype=torch.int8)
-        max_segments = max(16, 8 * slots, self.max_rounds)
+        max_segments = self.solve_segments if self.solve_segments is not None else 8 * slots + 16
         _compiled.run_parallel(
             _compiled.lars_lasso,
             full_gram.contiguous().numpy(),
