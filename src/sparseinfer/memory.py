@@ -72,3 +72,14 @@ def check_memory(what: str, parts: Mapping[str, int], device: str | torch.device
             f"available on {torch.device(device).type}; use smaller sizes"
         )
     return total
+
+
+def check_training_memory(batch: int, dim: int, n_latents: int, device: str | torch.device = "cpu") -> int:
+    """Refuse SAE training whose big tensors cannot fit: (batch, n_latents) buffers (pre-activations, codes and their
+    gradients) and the encoder and dictionary with gradients and both Adam moments (float32)."""
+    parts = {
+        "batch x latents buffers": 4 * tensor_bytes(batch, n_latents),
+        "weights, gradients and Adam moments": 2 * 4 * tensor_bytes(n_latents, dim),
+        "batch activations": 4 * tensor_bytes(batch, dim),
+    }
+    return check_memory(f"training {n_latents} latents on batches of {batch} x {dim}", parts, device)

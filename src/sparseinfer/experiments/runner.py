@@ -24,6 +24,7 @@ from sparseinfer.errors import SparseInferError
 from sparseinfer.experiments.backends import BACKENDS
 from sparseinfer.experiments.files import RUNS_DIR, gather_results, is_complete, read_yaml, to_plain, write_yaml
 from sparseinfer.experiments.run_folder import ERROR_FILE, Execute, Outcome, RunSpec, one_line
+from sparseinfer.locks import locks_folder
 
 SWEEP_FILE = "sweep.yaml"
 _RUN_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._=+-]{0,199}")
@@ -137,6 +138,7 @@ def _prepare(out_dir: Path, specs: Sequence[RunSpec], resume: bool) -> None:
     write_yaml(sweep_file, {"runs": entries})
 
 
+@locks_folder("out_dir", "sweep")
 def run_sweep(
     specs: Sequence[RunSpec],
     out_dir: Path,

@@ -16,7 +16,9 @@ MSE / batch variance + l1 * mean |s| (see `losses`). Presets (`presets`) hold th
 
 A run folder holds the trained SAE in the one format of `io.save_sae` (cfg.json with the scale and provenance,
 encoder.safetensors, dictionary.safetensors: `io.load_sae(run)` reads it), `run.json` (config, scale, store,
-history), and while training `checkpoint.pt`.
+history), and while training `checkpoint.safetensors` (`training.checkpoint`: checksummed, no pickle). A resume
+must match the checkpoint's config (any other encoder, size, steps or learning rate is refused, naming the fields);
+a folder holding a finished run is refused unless `force=True` (which trains afresh and replaces it).
 """
 
 from __future__ import annotations
@@ -25,7 +27,7 @@ import json
 import math
 import os
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -37,6 +39,9 @@ from sparseinfer.encoders.base import Encoder
 from sparseinfer.errors import SparseInferError
 from sparseinfer.io import RUN_FILE, load_sae, save_sae
 from sparseinfer.io.native import run_provenance
+from sparseinfer.locks import locks_folder
+from sparseinfer.memory import check_training_memory
+from sparseinfer.training import checkpoint as ckpt
 from sparseinfer.training.activations.callbacks import Callbacks, project_radial
 from sparseinfer.training.activations.initialise import build, data_scale
 from sparseinfer.training.activations.lm_config import LMTrainConfig, default_l1, resolve
@@ -45,7 +50,7 @@ from sparseinfer.training.distributed import DataParallel
 from sparseinfer.training.fit import FitHooks, FitState, fit, learnable_parameters
 from sparseinfer.training.regimes import get_regime
 
-CHECKPOINT = "checkpoint.pt"
+CHECKPOINT = ckpt.CHECKPOINT
 
 
 def _on_device(batches: Iterable[Tensor], device: torch.device, scale: float) -> Iterator[Tensor]:
@@ -64,14 +69,18 @@ def train_on_activations(
     progress: bool = True,
     resume: bool = True,
     group: DataParallel | None = None,
+    force: bool = False,
 ) -> dict[str, Any]:
     """Train `config.encoder` and a dictionary on `batches` of raw activations with `training.fit`; write `out`.
 
     `sample` (raw activations, some thousand tokens) sets the scale and the bias init. Returns `run.json`'s content.
     With a `group` of several ranks, `batches` and `sample` are this rank's own (equal batch sizes on every rank);
-    the sample is gathered so that all ranks compute the same statistics.
+    the sample is gathered so that all ranks compute the same statistics. `force`: train afresh into a folder that
+    holds a finished run (else refused); `resume`: continue from the folder's checkpoint (checked against `config`).
     """
+    check_out(out, force)
     config = resolve(config, dim)
+    check_training_memory(config.batch_size, dim, config.expansion * dim, device)
     group = group or DataParallel()
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
@@ -86,10 +95,14 @@ def train_on_activations(
     params, _ = learnable_parameters(encoder, dictionary, regime)
     optimiser = torch.optim.Adam(params, lr=config.lr, betas=(0.9, 0.999))
     callbacks = Callbacks(config, encoder, dictionary, optimiser, out / CHECKPOINT, scale, group)
-    state = FitState()
+    state, schedule = FitState(), callbacks.schedule
+    resume = resume and not force
+    if resume:
+        ckpt.refuse_legacy(out)
     if resume and callbacks.checkpoint.exists():
-        state = callbacks.load()
+        state, checkpoint = callbacks.load()
         scale = callbacks.scale
+        schedule = _restoring_rng(callbacks.schedule, checkpoint)
     l1_weight = default_l1(encoder, config.loss) if config.l1 is None else config.l1
     per_element = l1_weight * dictionary.n_latents / dim if config.loss == "sae" else l1_weight
     train_config = TrainConfig(
@@ -105,7 +118,7 @@ def train_on_activations(
     try:
         fit(
             encoder, dictionary, _on_device(batches, device, scale), regime, train_config,
-            seed=config.seed, progress=progress and group.is_main, schedule=callbacks.schedule,
+            seed=config.seed, progress=progress and group.is_main, schedule=schedule,
             hooks=group.hooks(params, hooks), state=state, optimiser=optimiser, autocast=config.autocast,
         )  # fmt: skip
     finally:
@@ -131,6 +144,31 @@ def train_on_activations(
     return info
 
 
+def check_out(out: str | Path, force: bool = False) -> None:
+    """Refuse to train into a folder that holds a finished run (its `run.json`) unless `force`."""
+    out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise SparseInferError(f"run folder {out} exists and is not a folder")
+    if (out / RUN_FILE).exists() and not force:
+        raise SparseInferError(
+            f"{out} holds a finished run ({RUN_FILE}); pass --force to train it again from scratch (replacing it), "
+            "or choose another folder"
+        )
+
+
+def _restoring_rng(schedule: Callable[[int], Any], checkpoint: ckpt.Checkpoint) -> Callable[[int], Any]:
+    """`schedule`, restoring the checkpoint's RNG states at its first call: `fit` seeds the RNGs when it starts and
+    calls the schedule at the top of each step, so the resumed steps draw what the uninterrupted run drew."""
+    pending = [checkpoint]
+
+    def wrapped(step: int) -> Any:
+        if pending:
+            ckpt.restore_rng(pending.pop())
+        return schedule(step)
+
+    return wrapped
+
+
 def save_run(out: Path, encoder: Encoder, dictionary: Dictionary, info: dict[str, Any]) -> None:
     """Write the trained pair in the one SAE format (`io.save_sae`, with the run's scale and provenance) at the top
     of the run folder, plus `run.json` (config, scale, source, history)."""
@@ -154,6 +192,7 @@ def load_run(folder: str | Path, device: str | torch.device = "cpu") -> tuple[En
     return sae.encoder, sae.dictionary, json.loads((folder / RUN_FILE).read_text())
 
 
+@locks_folder("out", "train")
 def train_from_store(
     config: LMTrainConfig,
     store: str | Path,
@@ -164,13 +203,16 @@ def train_from_store(
     shards_in_memory: int = 4,
     sample_tokens: int = 8192,
     distributed: bool = False,
+    force: bool = False,
 ) -> dict[str, Any]:
     """Train on an activation store, streaming shuffled batches across its shards (forever, epoch after epoch).
 
     `distributed`: this process is one rank of a `torchrun` launch (gloo on CPU, nccl on CUDA, one GPU per rank by
-    LOCAL_RANK); the ranks split the store's shards and `config.batch_size` (see `store_stream`)."""
+    LOCAL_RANK); the ranks split the store's shards and `config.batch_size` (see `store_stream`). `force`: train
+    afresh into a folder holding a finished run."""
     from sparseinfer.data.store import ActivationStore
 
+    check_out(out, force)
     st = ActivationStore.open(store)
     group = DataParallel()
     if distributed:
@@ -182,7 +224,9 @@ def train_from_store(
     m = st.manifest
     source = {"store": str(store), "model": m.model, "hook": m.hook, "tokens": st.usable_tokens()}
     try:
-        return train_on_activations(config, batches, out, m.dim, sample, source, device, progress, resume, group)
+        return train_on_activations(
+            config, batches, out, m.dim, sample, source, device, progress, resume, group, force=force
+        )
     finally:
         group.finish()
 
@@ -202,6 +246,12 @@ def store_stream(
     if config.batch_size % world:
         raise SparseInferError(f"batch_size {config.batch_size} does not split evenly over {world} ranks")
     mine = list(range(rank, n_shards, world))
+    available = store.usable_tokens(shards=mine)
+    if config.batch_size // world > available:  # an endless stream that could never fill one batch
+        raise SparseInferError(
+            f"batch size {config.batch_size} exceeds the {available} usable tokens of store {store.folder}"
+            f"{' for this rank' if world > 1 else ''}; give a smaller --batch-size or harvest more contexts"
+        )
     sample = store.sample(max(1, sample_tokens // world), seed=config.seed + 1, shards=mine)
     batches = store.iter_batches(
         config.batch_size // world, seed=config.seed, shards_in_memory=shards_in_memory, shards=mine
@@ -209,6 +259,7 @@ def store_stream(
     return sample, batches
 
 
+@locks_folder("out", "train")
 def train_on_the_fly(
     config: LMTrainConfig,
     harvest: Any,
@@ -217,8 +268,10 @@ def train_on_the_fly(
     progress: bool = True,
     resume: bool = True,
     sample_tokens: int = 8192,
+    force: bool = False,
 ) -> dict[str, Any]:
     """Train straight from the model (no store): `harvest` is a `HarvestConfig` with one hook point."""
+    check_out(out, force)
     from sparseinfer.data.harvest import on_the_fly
     from sparseinfer.lm.model import load_model
 
@@ -228,4 +281,6 @@ def train_on_the_fly(
         raise SparseInferError("the text gives fewer tokens than the statistics sample needs; raise n_contexts")
     batches = on_the_fly(harvest, config.batch_size, model=lm)
     source = {"on_the_fly": True, "model": harvest.model, "hook": ",".join(harvest.hooks)}
-    return train_on_activations(config, batches, out, sample.shape[1], sample.cpu(), source, device, progress, resume)
+    return train_on_activations(
+        config, batches, out, sample.shape[1], sample.cpu(), source, device, progress, resume, force=force
+    )
