@@ -1,18 +1,20 @@
-"""Sparse coding on CPU: our FISTA (iterative, exact active-set) and OMP against sklearn's `sparse_encode`.
+"""Sparse coding on CPU: our exact Lasso and OMP against SPAMS (the reference) and scikit-learn's `sparse_encode`.
 
-    python benchmarks/bench_sparse_coding.py --signals 10000 --threads 2 --repeats 3
+    python benchmarks/bench_sparse_coding.py --signals 10000 --threads 1,2 --conditions quiet,loaded --repeats 3
 
 Problems: unit-norm random dictionaries (N atoms of dimension M), signals = K-sparse codes (|s| in [0.5, 1.5],
-random signs) times D plus 0.01 noise, float64 data. Every method solves the same penalty: per sample
-1/2 ||x - s D||^2 + penalty ||s||_1 (sklearn's `alpha` for lasso_* has this meaning; it divides by n_features
-internally). Accuracy: the summed objective relative to the best one known (any method's, or a float64 FISTA run
-to tol 1e-12 where affordable, whichever is lower); a method counts only if that gap is <= 1e-4 (checked, printed). Ours
-computes in float32 (the objective is always evaluated in float64). `ours_active_set_f32` is the `fista` encoder
-with `active_set=True` (exact: KKT to a relative `--tol`, working set `--working-set`); `ours_fista_compiled_f32`
-is FISTA with `compile=True` (compiled before the timings). OMP is compared on the
-squared residual against sklearn's omp at the same K. Timings: the methods are run interleaved, `--repeats`
-rounds, the minimum per method is kept, so ratios come from one run on one machine state. Appends one JSON line
-to benchmarks/results.jsonl.
+random signs) times D plus 0.01 noise. Every Lasso solves per sample 1/2 ||x - s D||^2 + penalty ||s||_1 (SPAMS'
+`lasso` mode 2 with lambda1 = penalty; sklearn's `alpha` in `sparse_encode`). Ours and SPAMS compute in float32,
+sklearn in float64; objectives are always evaluated in float64. Accuracy: the summed Lasso objective relative to
+the best one any method reached; a method counts only if that gap is <= 1e-4 (checked, printed). OMP at the same K:
+the squared residual relative to sklearn's OMP. Methods: `ours_lasso` (the `lasso` encoder: the compiled LARS
+homotopy, verified by KKT), `ours_fista` (the `fista` encoder at its defaults, optional: `--fista`), `ours_omp`,
+`spams_lasso` / `spams_omp` (SPAMS on the same thread count), `sklearn_lasso_cd` / `sklearn_omp` (n_jobs=1).
+
+Timings: for each shape, condition and repeat, every (threads, method) pair runs once in turn, interleaved, and the
+minimum per pair is kept, so each ratio (SPAMS seconds / ours) comes from one run on one machine state. The
+`loaded` condition starts a second process that spins on one core for the duration of its timings (a busy
+laptop). Appends one JSON line to benchmarks/results.jsonl.
 """
 
 from __future__ import annotations
@@ -20,7 +22,10 @@ from __future__ import annotations
 import argparse
 import datetime
 import json
+import os
 import platform
+import subprocess
+import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -33,10 +38,11 @@ from sklearn.decomposition import sparse_encode
 
 from sparseinfer.encoders._proximal import lasso_objective
 from sparseinfer.encoders.fista import FISTAEncoder
+from sparseinfer.encoders.lasso import LassoEncoder
 from sparseinfer.encoders.omp import OMPEncoder
 
-SHAPES = ((32, 64, 4), (256, 1024, 16))
-GOAL_FISTA, GOAL_OMP, ACCURACY = 10.0, 5.0, 1e-4
+SHAPES = {"small": (32, 64, 4), "large": (256, 1024, 16)}
+ACCURACY = 1e-4
 
 
 def problem(dim: int, n_latents: int, k: int, n: int, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
@@ -51,129 +57,171 @@ def problem(dim: int, n_latents: int, k: int, n: int, seed: int = 0) -> tuple[to
     return codes @ atoms + 0.01 * torch.randn(n, dim, generator=g, dtype=torch.float64), atoms
 
 
-def lasso_total(x: torch.Tensor, atoms: torch.Tensor, codes: np.ndarray | torch.Tensor, penalty: float) -> float:
-    return float(lasso_objective(x, atoms, torch.as_tensor(codes).to(torch.float64), penalty).sum())
+def as_codes(out: object) -> torch.Tensor:
+    """Codes (n, N) in float64 from a tensor, a numpy array or SPAMS' sparse (N, n) matrix."""
+    if hasattr(out, "toarray"):
+        return torch.from_numpy(np.asarray(out.toarray()).T.copy()).double()  # type: ignore[attr-defined]
+    return torch.as_tensor(out).double()
 
 
-def residual_total(x: torch.Tensor, atoms: torch.Tensor, codes: np.ndarray | torch.Tensor) -> float:
-    return float((x - torch.as_tensor(codes).to(torch.float64) @ atoms).pow(2).sum())
+def lasso_total(x: torch.Tensor, atoms: torch.Tensor, codes: torch.Tensor, penalty: float) -> float:
+    return float(lasso_objective(x, atoms, codes, penalty).sum())
 
 
-def timed(fn: Callable[[], object]) -> tuple[float, object]:
-    start = time.perf_counter()
-    out = fn()
-    return time.perf_counter() - start, out
+def residual_total(x: torch.Tensor, atoms: torch.Tensor, codes: torch.Tensor) -> float:
+    return float((x - codes @ atoms).pow(2).sum())
+
+
+class Busy:
+    """A second process spinning on one core while the `loaded` timings run."""
+
+    def __init__(self, active: bool) -> None:
+        self.active = active
+        self.process: subprocess.Popen[bytes] | None = None
+
+    def __enter__(self) -> Busy:
+        if self.active:
+            self.process = subprocess.Popen([sys.executable, "-c", "while True: pass"])
+            time.sleep(0.5)
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        if self.process is not None:
+            self.process.kill()
+            self.process.wait()
+
+
+def methods_for(
+    x: torch.Tensor, atoms: torch.Tensor, k: int, penalty: float, threads: int, fista: bool, with_sklearn: bool
+) -> dict[str, Callable[[], object]]:
+    import spams
+
+    x32, atoms32 = x.float(), atoms.float()
+    xs, ds = np.asfortranarray(x32.numpy().T), np.asfortranarray(atoms32.numpy().T)
+    xn, dn = x.numpy(), atoms.numpy()
+    lasso, omp = LassoEncoder(penalty=penalty), OMPEncoder(k=k)
+    methods: dict[str, Callable[[], object]] = {
+        "ours_lasso": lambda: lasso.solve(x32, atoms32, None),
+        "spams_lasso": lambda: spams.lasso(xs, D=ds, lambda1=penalty, mode=2, numThreads=threads),
+        "ours_omp": lambda: omp.solve(x32, atoms32, None),
+        "spams_omp": lambda: spams.omp(xs, ds, L=k, numThreads=threads),
+    }
+    if fista:
+        encoder = FISTAEncoder(penalty=penalty, max_iter=20_000)
+        methods["ours_fista"] = lambda: encoder.solve(x32, atoms32, None)
+    if with_sklearn and threads == 1:  # sklearn runs single-threaded (n_jobs=1): timed once per repeat
+        methods["sklearn_lasso_cd"] = lambda: sparse_encode(xn, dn, algorithm="lasso_cd", alpha=penalty, n_jobs=1)
+        methods["sklearn_omp"] = lambda: sparse_encode(xn, dn, algorithm="omp", n_nonzero_coefs=k, n_jobs=1)
+    return methods
 
 
 def run_shape(
-    dim: int, n_latents: int, k: int, n: int, penalty: float, repeats: int, tol: float, working_set: int
+    name: str, n: int, penalty: float, repeats: int, threads: list[int], conditions: list[str], fista: bool, sk: bool
 ) -> dict:
+    dim, n_latents, k = SHAPES[name]
     x, atoms = problem(dim, n_latents, k, n)
-    xn, dn = x.numpy(), atoms.numpy()
-    x32, atoms32 = x.float(), atoms.float()
-    fista = FISTAEncoder(penalty=penalty, max_iter=5000, tol=tol, check_every=5)
-    compiled = FISTAEncoder(penalty=penalty, max_iter=5000, tol=tol, check_every=5, compile=True)
-    compiled.solve(x32, atoms32, None)  # compilation happens here, outside the timings
-    active = FISTAEncoder(penalty=penalty, tol=tol, active_set=True, working_set=working_set)
-    omp = OMPEncoder(k=k)
-    methods: dict[str, Callable[[], object]] = {
-        "ours_fista_f32": lambda: fista.solve(x32, atoms32, None),
-        "ours_fista_compiled_f32": lambda: compiled.solve(x32, atoms32, None),
-        "ours_active_set_f32": lambda: active.solve(x32, atoms32, None),
-        "sklearn_lasso_cd": lambda: sparse_encode(xn, dn, algorithm="lasso_cd", alpha=penalty, n_jobs=1),
-        "sklearn_lasso_lars": lambda: sparse_encode(xn, dn, algorithm="lasso_lars", alpha=penalty, n_jobs=1),
-        "ours_omp_f32": lambda: omp.solve(x32, atoms32, None),
-        "sklearn_omp": lambda: sparse_encode(xn, dn, algorithm="omp", n_nonzero_coefs=k, n_jobs=1),
-    }
-    best_times = {name: float("inf") for name in methods}
+    per_threads = {t: methods_for(x, atoms, k, penalty, t, fista, sk) for t in threads}
+    seconds: dict[str, dict[str, float]] = {}
     outputs: dict[str, object] = {}
-    for _ in range(repeats):
-        for name, fn in methods.items():  # interleaved: each round runs every method once
-            seconds, outputs[name] = timed(fn)
-            best_times[name] = min(best_times[name], seconds)
-    lasso = {name: lasso_total(x, atoms, outputs[name], penalty) for name in methods if "_omp" not in name}
+    for condition in conditions:
+        with Busy(condition == "loaded"):
+            for _ in range(repeats):
+                for t in threads:
+                    torch.set_num_threads(t)
+                    for method, fn in per_threads[t].items():
+                        start = time.perf_counter()
+                        outputs[method] = fn()
+                        elapsed = time.perf_counter() - start
+                        times = seconds.setdefault(condition, {})
+                        times[f"{t}/{method}"] = min(times.get(f"{t}/{method}", float("inf")), elapsed)
+    codes = {m: as_codes(out) for m, out in outputs.items()}
+    lasso = {m: lasso_total(x, atoms, c, penalty) for m, c in codes.items() if "omp" not in m}
     best = min(lasso.values())
-    if n * n_latents * max(dim, n_latents) <= 1e8:  # a tight float64 solve where affordable
-        exact = FISTAEncoder(penalty=penalty, max_iter=200_000, tol=1e-12).solve(x, atoms, None)
-        best = min(best, lasso_total(x, atoms, exact, penalty))
-    gaps = {name: (value - best) / best for name, value in lasso.items()}
-    resid = {name: residual_total(x, atoms, outputs[name]) for name in methods if "_omp" in name}
-    gaps["ours_omp_f32"] = (resid["ours_omp_f32"] - resid["sklearn_omp"]) / resid["sklearn_omp"]
-    gaps["sklearn_omp"] = 0.0
-    accurate_lasso = [m for m in ("sklearn_lasso_cd", "sklearn_lasso_lars") if gaps[m] <= ACCURACY]
-    fastest = min(accurate_lasso, key=best_times.__getitem__)
+    gaps = {m: (v - best) / best for m, v in lasso.items()}
+    resid = {m: residual_total(x, atoms, c) for m, c in codes.items() if "omp" in m}
+    base = resid.get("sklearn_omp", resid["spams_omp"])
+    gaps.update({m: (v - base) / base for m, v in resid.items()})
+    ratios = {
+        condition: {
+            f"{t}/{task}": times[f"{t}/spams_{task}"] / times[f"{t}/ours_{task}"]
+            for t in threads
+            for task in ("lasso", "omp")
+        }
+        for condition, times in seconds.items()
+    }
     return {
         "shape": {"dim": dim, "n_latents": n_latents, "k": k, "signals": n, "penalty": penalty},
-        "seconds": best_times,
+        "seconds": seconds,
+        "ratio_spams_over_ours": ratios,
         "relative_objective_gap": gaps,
-        "fista_iterations": fista.diagnostics.iterations if fista.diagnostics else None,
-        "fista_tol": tol,
-        "fastest_sklearn_lasso": fastest,
-        "ratio_fista": best_times[fastest] / best_times["ours_fista_f32"],
-        "ratio_fista_compiled": best_times[fastest] / best_times["ours_fista_compiled_f32"],
-        "ratio_omp": best_times["sklearn_omp"] / best_times["ours_omp_f32"],
-        "ratio_active_set": best_times[fastest] / best_times["ours_active_set_f32"],
-        "active_set_rounds": active.diagnostics.iterations if active.diagnostics else None,
-        "active_set_working_set": working_set,
-        "fista_accurate": gaps["ours_fista_f32"] <= ACCURACY,
-        "fista_compiled_accurate": gaps["ours_fista_compiled_f32"] <= ACCURACY,
-        "active_set_accurate": gaps["ours_active_set_f32"] <= ACCURACY,
-        "omp_accurate": abs(gaps["ours_omp_f32"]) <= ACCURACY,
+        "accurate": {m: abs(g) <= ACCURACY for m, g in gaps.items()},
     }
 
 
 def versions() -> dict[str, str]:
     """Versions of what the timings depend on."""
+    from importlib.metadata import version
+
     return {
         "torch": torch.__version__,
         "sklearn": sklearn.__version__,
         "numpy": np.__version__,
         "scipy": scipy.__version__,
+        "spams-bin": version("spams-bin"),
+        "numba": version("numba"),
         "python": platform.python_version(),
     }
 
 
 def table(rows: list[dict]) -> str:
-    header = "| M | N | K | method | seconds | rel. objective gap | speed-up of ours |"
-    lines = [header, "|---|---|---|---|---|---|---|"]
+    lines = [
+        "| M | N | K | condition | threads | task | ours (s) | SPAMS (s) | SPAMS / ours | sklearn (s) "
+        "| gap ours | gap SPAMS |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
     for row in rows:
-        s = row["shape"]
-        for name, seconds in row["seconds"].items():
-            if name.startswith("ours_active_set"):
-                speed = f"{row['ratio_active_set']:.1f}x vs {row['fastest_sklearn_lasso']} (goal {GOAL_FISTA:.0f}x)"
-            elif name.startswith("ours_fista_compiled"):
-                speed = f"{row['ratio_fista_compiled']:.1f}x vs {row['fastest_sklearn_lasso']} (goal {GOAL_FISTA:.0f}x)"
-            elif name.startswith("ours_fista"):
-                speed = f"{row['ratio_fista']:.1f}x vs {row['fastest_sklearn_lasso']} (goal {GOAL_FISTA:.0f}x)"
-            elif name.startswith("ours_omp"):
-                speed = f"{row['ratio_omp']:.1f}x vs sklearn_omp (goal {GOAL_OMP:.0f}x)"
-            else:
-                speed = ""
-            gap = row["relative_objective_gap"][name]
-            lines.append(f"| {s['dim']} | {s['n_latents']} | {s['k']} | {name} | {seconds:.3f} | {gap:.1e} | {speed} |")
+        s, gaps = row["shape"], row["relative_objective_gap"]
+        for condition, times in row["seconds"].items():
+            for key in sorted({k.split("/")[0] for k in times}, key=int):
+                for task, sk in (("lasso", "sklearn_lasso_cd"), ("omp", "sklearn_omp")):
+                    ours, spams = times[f"{key}/ours_{task}"], times[f"{key}/spams_{task}"]
+                    skl = times.get(f"1/{sk}")
+                    lines.append(
+                        f"| {s['dim']} | {s['n_latents']} | {s['k']} | {condition} | {key} | {task} | {ours:.3f} | "
+                        f"{spams:.3f} | {spams / ours:.2f}x | {'' if skl is None else f'{skl:.3f}'} | "
+                        f"{gaps[f'ours_{task}']:.1e} | {gaps[f'spams_{task}']:.1e} |"
+                    )
+                if f"{key}/ours_fista" in times:
+                    lines.append(
+                        f"| {s['dim']} | {s['n_latents']} | {s['k']} | {condition} | {key} | fista (defaults) | "
+                        f"{times[f'{key}/ours_fista']:.3f} | | | | {gaps['ours_fista']:.1e} | |"
+                    )
     return "\n".join(lines)
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
     parser.add_argument("--signals", type=int, default=10_000)
-    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--threads", default="1,2", help="comma-separated thread counts, interleaved")
+    parser.add_argument("--conditions", default="quiet,loaded", help="quiet, loaded (a second process on one core)")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--penalty", type=float, default=0.1)
-    parser.add_argument("--tol", type=float, default=1e-3, help="our FISTA's stopping tolerance (relative change)")
-    parser.add_argument("--working-set", type=int, default=8, help="active-set solver's initial working set")
     parser.add_argument("--shapes", default="small,large", help="small = (32, 64, 4), large = (256, 1024, 16)")
+    parser.add_argument("--fista", action="store_true", help="also time the fista encoder at its defaults")
+    parser.add_argument("--no-sklearn", action="store_true", help="leave out scikit-learn (slow on the large shape)")
     args = parser.parse_args()
-    torch.set_num_threads(args.threads)
-    chosen = [shape for shape, name in zip(SHAPES, ("small", "large"), strict=True) if name in args.shapes.split(",")]
+    threads = [int(t) for t in args.threads.split(",")]
+    conditions = args.conditions.split(",")
     rows = [
-        run_shape(m, n, k, args.signals, args.penalty, args.repeats, args.tol, args.working_set) for m, n, k in chosen
+        run_shape(name, args.signals, args.penalty, args.repeats, threads, conditions, args.fista, not args.no_sklearn)
+        for name in args.shapes.split(",")
     ]
     print(table(rows))
     record = {
-        "benchmark": "sparse_coding_cpu",
+        "benchmark": "sparse_coding_cpu_spams",
         "date": datetime.datetime.now().isoformat(timespec="seconds"),
-        "machine": {"platform": platform.platform(), "processor": platform.machine(), "threads": args.threads},
+        "machine": {"platform": platform.platform(), "processor": platform.machine(), "cpus": os.cpu_count()},
+        "load_average": os.getloadavg(),
         "versions": versions(),
         "results": rows,
     }
