@@ -255,3 +255,36 @@ def test_bad_files_and_encoders(tmp_path) -> None:
     (tmp_path / "k" / "cfg.json").write_text("{not json")
     with pytest.raises(SparseInferError, match="corrupt config"):
         load_sae(tmp_path / "k")
+
+
+def test_export_has_what_saebench_reads(tmp_path) -> None:
+    """SAEBench's loader (`load_and_format_sae` on an `SAE.load_from_disk` object) needs model, hook name and layer,
+    context size and the other metadata fields; with sae-bench installed its own code is run, else its checks."""
+    from sae_lens import SAE
+
+    dictionary = Dictionary.random(D_SAE, D_IN, seed=1, bias=True)
+    encoder = create("relu", dim=D_IN, n_latents=D_SAE).eval()
+    meta = {"model_name": "smollm2-135m", "hook_name": "resid_pre.9", "context_size": 128, "dataset_path": "store"}
+    save_saelens(encoder, dictionary, tmp_path, metadata=meta)
+    cfg = json.loads((tmp_path / "cfg.json").read_text())
+    assert {"dtype", "device", "normalize_activations", "apply_b_dec_to_input", "d_in", "d_sae"} <= set(cfg)
+    sae = SAE.load_from_disk(tmp_path)
+    m = sae.cfg.metadata
+    assert m.model_name == "HuggingFaceTB/SmolLM2-135M-Instruct" and m.hook_name == "blocks.9.hook_resid_pre"
+    assert m.hook_layer == 9 and m.context_size == 128 and m.prepend_bos is True and m.dataset_path == "store"
+    assert m.exclude_special_tokens is False and m.model_from_pretrained_kwargs == {}
+    assert load_sae(tmp_path).provenance["model_name"] == "smollm2-135m"  # our name back on reading
+    try:
+        from sae_bench.sae_bench_utils.general_utils import load_and_format_sae
+    except ImportError:
+        return
+    _, loaded, _ = load_and_format_sae("custom", sae, "cpu")
+    assert loaded.cfg.hook_layer == 9 and loaded.cfg.model_name == m.model_name
+
+
+def test_export_without_provenance_still_loads(tmp_path) -> None:
+    from sae_lens import SAE
+
+    save_saelens(create("relu", dim=D_IN, n_latents=D_SAE), Dictionary.random(D_SAE, D_IN, seed=0), tmp_path)
+    sae = SAE.load_from_disk(tmp_path)
+    assert sae.cfg.metadata.model_name is None and sae.cfg.metadata.hook_layer is None

@@ -84,14 +84,25 @@ def load_saelens(folder: str | Path, fold: bool = False) -> LoadedSAE:
     if arch == "topk" and cfg.get("rescale_acts_by_decoder_norm", False):
         raw = _fold_topk_rescale(raw)
     encoder, dictionary, folded = to_pair(raw, fold=fold)
-    return LoadedSAE(encoder, dictionary, "saelens", folded, dict(cfg.get("metadata") or {}))
+    provenance = dict(cfg.get("metadata") or {})
+    if provenance.get("sparseinfer_model"):  # our built-in model name, exported as its hub id
+        provenance["model_name"] = provenance["sparseinfer_model"]
+    return LoadedSAE(encoder, dictionary, "saelens", folded, provenance)
+
+
+HUB_IDS = {"smollm2-135m": "HuggingFaceTB/SmolLM2-135M-Instruct", "gemma3-270m": "google/gemma-3-270m"}
+METADATA_DEFAULTS: dict[str, Any] = {"model_name": None, "hook_name": None, "hook_head_index": None,
+                                     "context_size": None, "prepend_bos": True, "dataset_path": None,
+                                     "exclude_special_tokens": False, "model_from_pretrained_kwargs": {}}  # fmt: skip
 
 
 def saelens_metadata(provenance: dict[str, Any], metadata: dict[str, Any] | None) -> dict[str, Any]:
     """The config's metadata block: our provenance with SAELens key names, `metadata` on top, hook names in
-    TransformerLens form where ours has one (the original kept as `sparseinfer_hook`), and the fields SAEBench's
-    loader reads (model_name, hook_name, hook_head_index, context_size, prepend_bos, dataset_path)."""
-    meta: dict[str, Any] = {"hook_head_index": None, **provenance, **(metadata or {})}
+    TransformerLens form where ours has one (the original kept as `sparseinfer_hook`), built-in model names as hub
+    ids (the original kept as `sparseinfer_model`), and every field SAEBench's loader reads (model_name,
+    hook_name, hook_layer, hook_head_index, context_size, prepend_bos, dataset_path, exclude_special_tokens,
+    model_from_pretrained_kwargs), None where unknown."""
+    meta: dict[str, Any] = {**METADATA_DEFAULTS, **provenance, **(metadata or {})}
     hook = meta.get("hook_name")
     if hook:
         translated = to_saelens_hook(str(hook))
@@ -99,6 +110,10 @@ def saelens_metadata(provenance: dict[str, Any], metadata: dict[str, Any] | None
             meta |= {"hook_name": translated, "sparseinfer_hook": hook}
         if translated:
             meta.setdefault("hook_layer", int(translated.split(".")[1]))  # older SAEBench versions read it
+    model = meta.get("model_name")
+    if isinstance(model, str) and model in HUB_IDS:
+        meta |= {"model_name": HUB_IDS[model], "sparseinfer_model": model}
+    meta.setdefault("hook_layer", None)
     return {"sae_lens_version": FORMAT_VERSION, "written_by": "sparseinfer", **meta}
 
 

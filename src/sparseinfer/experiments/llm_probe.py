@@ -1,0 +1,180 @@
+"""The language-model study's probing stage: sparse probing and first-letter absorption of every learned
+dictionary under every method, each calibrated to the dictionary's target L0 (as in `evaluate`).
+
+- Probing (`evaluation.probing`): Brown genre and SOTU decade (document labels, codes mean-pooled over a passage's
+  tokens) and Brown part of speech (per token), on passages of randomly drawn documents run through the preset's
+  model at its hook; k in {1, 2, 5, 20}; the dense-activation probe (method `dense`, also at k = d_model) is the
+  ceiling. Probe train and test passages are different documents.
+- Absorption (`evaluation.absorption`): single-word tokens of the held-out store `out/data/test`, the letter probes
+  trained and tested on disjoint words.
+
+`out/probe.parquet`: one row per dictionary x method x target x task x k (absorption rows have k = 0), `value` the
+pooled held-out accuracy (or absorption rate / fraction over the probe-positive test tokens), `ci_low`/`ci_high`
+its bootstrap 95% interval over test examples. Rows are saved one (dictionary, method, target) at a time under
+`out/probe/rows/`, so a rerun resumes. Sizes per preset are in `PROBE_SIZES`.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from functools import partial
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from sparseinfer.errors import SparseInferError
+from sparseinfer.experiments.llm_files import write_atomic
+from sparseinfer.experiments.llm_presets import LLMPreset
+
+PROBE = "probe.parquet"
+Progress = Callable[[str], None]
+REPORT_KS = (1, 20)
+
+
+@dataclass(frozen=True)
+class ProbeSizes:
+    """How much data the stage uses: documents per corpus, tokens per passage, single-word tokens for absorption."""
+
+    brown_docs: int
+    sotu_docs: int
+    passage_tokens: int
+    letter_tokens: int
+
+
+PROBE_SIZES = {
+    "micro": ProbeSizes(brown_docs=0, sotu_docs=0, passage_tokens=8, letter_tokens=64),
+    "quick": ProbeSizes(brown_docs=120, sotu_docs=90, passage_tokens=16, letter_tokens=1500),
+    "study": ProbeSizes(brown_docs=500, sotu_docs=232, passage_tokens=128, letter_tokens=20_000),
+}
+
+
+def _rows(frame: pd.DataFrame, base: dict[str, Any]) -> list[dict[str, Any]]:
+    """The pooled (`class` == all) probing rows as long-format result rows."""
+    pooled = frame[frame["class"] == "all"]
+    return [base | {"task": r["task"], "k": int(r["k"]), "metric": "accuracy", "value": r["accuracy"],
+                    "ci_low": r["ci_low"], "ci_high": r["ci_high"], "n": int(r["n_test"])}
+            for r in pooled.to_dict("records")]  # fmt: skip
+
+
+def _absorption_rows(result: Any, base: dict[str, Any]) -> list[dict[str, Any]]:
+    from sparseinfer.evaluation.probing import interval
+
+    rows = []
+    for metric, values in (("absorption_rate", result.full.astype(float)), ("absorption_fraction", result.fraction)):
+        low, high = interval(values) if len(values) else (math.nan, math.nan)
+        value = float(values.mean()) if len(values) else math.nan
+        rows.append(base | {"task": "first_letter", "k": 0, "metric": metric, "value": value, "ci_low": low,
+                            "ci_high": high, "n": len(values), "letters": len(result.letters)})  # fmt: skip
+    return rows
+
+
+def stage_probe(preset: LLMPreset, out: Path, progress: Progress, sizes: ProbeSizes | None = None) -> dict[str, Any]:
+    """Probing and absorption rows for every dictionary x method x target (resumable), then `probe.parquet`;
+    `sizes` overrides the preset's `PROBE_SIZES`. A task without a class in both splits is left out (said)."""
+    from sparseinfer.data.store import ActivationStore
+    from sparseinfer.evaluation.absorption import encode, evaluate_absorption, fit_letter_probes, letter_data_from_store
+    from sparseinfer.evaluation.downstream import hook_point
+    from sparseinfer.evaluation.probing import binary_classes, corpus_tasks, evaluate_probes
+    from sparseinfer.evaluation.runs import calibration_signals
+    from sparseinfer.experiments.llm_study import _methods_for, build_method, run_name
+    from sparseinfer.lm.model import load_model
+    from sparseinfer.training.activations.train import load_run
+
+    out = Path(out)
+    sizes = sizes or PROBE_SIZES.get(preset.name, PROBE_SIZES["quick"])
+    held_out = ActivationStore.open(out / "data" / "test")
+    model, tokenizer = load_model(held_out.manifest.model, preset.device)
+    start = time.perf_counter()
+    tasks = corpus_tasks(model, tokenizer, hook_point(held_out.manifest.hook), sizes.brown_docs, sizes.sotu_docs,
+                         sizes.passage_tokens, preset.seed)  # fmt: skip
+    for task in [t for t in tasks if not binary_classes(t)]:
+        progress(f"probe: task {task.name} left out: no class has enough examples in both splits")
+    tasks = [t for t in tasks if binary_classes(t)]
+    letters = letter_data_from_store(held_out, tokenizer, sizes.letter_tokens, preset.seed)
+    probes = fit_letter_probes(letters, seed=preset.seed)
+    progress(f"probe: {len(tasks)} probing tasks, {len(probes)} letter probes ({time.perf_counter() - start:.0f} s)")
+    rows_dir = out / "probe" / "rows"
+    dense_path = rows_dir / "dense.json"
+    if not dense_path.exists() and tasks:
+        base = {"dictionary": "dense", "run": "", "method": "dense", "target_l0": math.nan, "error": ""}
+        write_atomic(dense_path, json.dumps(_rows(evaluate_probes(tasks, None, seed=preset.seed), base), default=float))
+    jobs = [(f, t, m) for f in preset.families for t in preset.targets for m in _methods_for(preset, f)]
+    for i, (family, target, method) in enumerate(jobs, 1):
+        path = rows_dir / f"{run_name(family, target)}__{method}.json"
+        if path.exists():
+            continue
+        progress(f"probe [{i}/{len(jobs)}]: {run_name(family, target)} with {method}")
+        began = time.perf_counter()
+        encoder, dictionary, info = load_run(out / "train" / run_name(family, target), preset.device)
+        base = {"dictionary": family, "run": run_name(family, target), "method": method,
+                "target_l0": float(target), "error": ""}  # fmt: skip
+        try:
+            x = calibration_signals(held_out, info["scale"], preset.calibration_tokens).to(preset.device)
+            chosen, _ = build_method(method, family, encoder, dictionary, x, target, preset)
+            scale = info["scale"]
+            codes = partial(encode, chosen, dictionary, scale=scale)
+            rows = _rows(evaluate_probes(tasks, codes, seed=preset.seed), base) if tasks else []
+            rows += _absorption_rows(evaluate_absorption(chosen, dictionary, letters, probes, scale), base)
+        except SparseInferError as err:
+            rows = [base | {"task": "", "k": 0, "metric": "", "value": math.nan, "error": str(err)}]
+        for row in rows:
+            row["seconds"] = time.perf_counter() - began
+        write_atomic(path, json.dumps(rows, default=float))
+        progress(f"  {len(rows)} rows ({time.perf_counter() - began:.0f} s)")
+    paths = ([dense_path] if dense_path.exists() else []) + [
+        rows_dir / f"{run_name(f, t)}__{m}.json" for f, t, m in jobs
+    ]
+    table = pd.DataFrame([row for p in paths for row in json.loads(p.read_text())])
+    tmp = out / f".{PROBE}.tmp"
+    table.to_parquet(tmp)
+    os.replace(tmp, out / PROBE)
+    return {"rows": len(table), "tasks": [t.name for t in tasks], "letters": len(probes)}
+
+
+def _cell(row: pd.Series) -> str:
+    if row["value"] != row["value"]:
+        return "-"
+    return f"{row['value']:.3f} [{row['ci_low']:.3f}, {row['ci_high']:.3f}]"
+
+
+def probe_report_lines(out: Path) -> list[str]:
+    """One Markdown table from `probe.parquet`: a row per dictionary / method / target L0 (the dense ceiling
+    first), a column per task at k in `REPORT_KS` and per absorption metric; cells are value [95% interval]."""
+    path = Path(out) / PROBE
+    if not path.exists():
+        return []
+    table = pd.read_parquet(path)
+    table = table[table["error"] == ""] if "error" in table else table
+    dense_k = table.loc[table["method"] == "dense", "k"].max() if (table["method"] == "dense").any() else None
+    keep = table["k"].isin([*REPORT_KS, 0]) | ((table["method"] == "dense") & (table["k"] == dense_k))
+    table = table[keep].copy()
+    table["column"] = [
+        (f"{t} k={k}" if m == "accuracy" else m) if not (d == "dense" and k == dense_k) else f"{t} all dims"
+        for t, k, m, d in zip(table["task"], table["k"], table["metric"], table["dictionary"], strict=True)
+    ]
+    table["cell"] = table.apply(_cell, axis=1)
+    table["target_l0"] = table["target_l0"].map(lambda v: "-" if v != v else f"{v:g}")
+    wide = table.pivot_table(index=["dictionary", "method", "target_l0"], columns="column", values="cell",
+                             aggfunc="first", sort=False).fillna("-")  # fmt: skip
+    columns = list(wide.columns)
+    lines = [
+        "| dictionary | method | target L0 | " + " | ".join(columns) + " |",
+        "|---|---|---:|" + "---:|" * len(columns),
+    ]
+    for (dictionary, method, target), cells in wide.iterrows():
+        lines.append(f"| {dictionary} | {method} | {target} | " + " | ".join(cells[c] for c in columns) + " |")
+    return [
+        "## Sparse probing and feature absorption at matched L0",
+        "",
+        "Held-out accuracy of k-sparse probes (binary one-vs-rest tasks, pooled over classes) and first-letter "
+        "absorption (rate of full absorption and mean absorption fraction over probe-positive test tokens); "
+        "[bootstrap 95% intervals over test examples]. The dense-activation probe is the ceiling.",
+        "",
+        *lines,
+    ]
