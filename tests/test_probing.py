@@ -4,6 +4,7 @@ latents near chance), the part-of-speech alignment rule, and the corpus tasks on
 from __future__ import annotations
 
 import numpy as np
+import pandas as pd
 import pytest
 import torch
 
@@ -90,3 +91,38 @@ def test_token_and_document_tasks_and_bad_input() -> None:
         ProbeTask("bad", torch.zeros(3, 2), np.zeros(2, dtype=int), np.array(["a"]), np.array([True]))
     with pytest.raises(SparseInferError, match="no class"):
         evaluate_probes([doc], None)
+
+
+def _long_rows() -> pd.DataFrame:
+    rows = []
+    for dictionary, method, target in (("dense", "dense", float("nan")), ("topk", "own", 16.0), ("topk", "omp", 16.0)):
+        for k in [1, 20, 576] if method == "dense" else [1, 20]:
+            rows.append({"dictionary": dictionary, "run": "" if method == "dense" else "topk-l0_16", "method": method,
+                         "encoder": method, "target_l0": target, "task": "brown_genre", "k": k, "metric": "accuracy",
+                         "value": 0.75, "ci_low": 0.5, "ci_high": 0.9, "n": 40, "error": ""})  # fmt: skip
+        if method != "dense":
+            rows.append({"dictionary": dictionary, "run": "topk-l0_16", "method": method, "encoder": method,
+                         "target_l0": target, "task": "first_letter", "k": 0, "metric": "absorption_rate",
+                         "value": 0.125, "ci_low": 0.0, "ci_high": 0.25, "n": 8, "error": ""})  # fmt: skip
+    return pd.DataFrame(rows)
+
+
+def test_report_lines_and_cli_table(tmp_path) -> None:
+    from rich.console import Console
+
+    from sparseinfer.cli.tables import probe_table
+    from sparseinfer.experiments.llm_probe import PROBE, probe_report_lines
+
+    frame = _long_rows()
+    frame.to_parquet(tmp_path / PROBE)
+    lines = probe_report_lines(tmp_path)
+    table = [line for line in lines if line.startswith("|")]
+    header = "| dictionary | method | target L0 | brown_genre k=1 | brown_genre k=20 | brown_genre all dims | "
+    assert table[0] == header + "absorption_rate |"
+    assert table[2].startswith("| dense | dense | - | 0.750 [0.500, 0.900] |") and table[2].endswith("| - |")
+    assert "| topk | omp | 16 | 0.125 [0.000, 0.250] |" in "\n".join(table)
+    assert probe_report_lines(tmp_path / "none") == []
+    console = Console(width=200, record=True)
+    console.print(probe_table(frame.assign(run=frame["run"])))
+    text = console.export_text()
+    assert "brown_genre k=1" in text and "0.125 [0.000, 0.250]" in text and "brown_genre k=576" in text

@@ -376,8 +376,20 @@ def evaluate(
         str | None, typer.Option(help="e.g. 16,64: calibrate --infer-with per dictionary to each mean L0 (within 5%)")
     ] = None,
     device: Annotated[str, typer.Option()] = "cpu",
+    probe: Annotated[
+        bool, typer.Option(help="also k-sparse probing (Brown genre / POS, SOTU decade) -> OUT/probe.parquet")
+    ] = False,
+    absorption: Annotated[
+        bool, typer.Option(help="also first-letter feature absorption on the store's single-word tokens")
+    ] = False,
+    probe_docs: Annotated[
+        tuple[int, int], typer.Option(help="--probe: Brown and SOTU documents (one passage each)")
+    ] = (120, 90),
+    probe_tokens: Annotated[int, typer.Option(min=2, help="--probe: tokens per passage")] = 16,
+    letter_tokens: Annotated[int, typer.Option(min=16, help="--absorption: single-word tokens of the store")] = 1500,
 ) -> None:
-    """FVU, L0, dead/dense latents and downstream loss (CE, loss recovered, KL) of trained runs; one table."""
+    """FVU, L0, dead/dense latents and downstream loss (CE, loss recovered, KL, normalised KL) of trained runs;
+    with --probe / --absorption also sparse probing and feature absorption (with 95% intervals)."""
     from sparseinfer.cli.tables import evaluation_table
     from sparseinfer.evaluation.matched import matched_l0
     from sparseinfer.evaluation.runs import comparison_table, evaluate_runs
@@ -392,6 +404,16 @@ def evaluate(
     table = comparison_table(rows, out)
     console.print(evaluation_table(table.sort_values(["l0"], kind="stable")))
     console.print(evaluation_table(matched_l0(table), "the same encoders at matched L0"))
+    if probe or absorption:
+        from sparseinfer.cli.tables import probe_table
+        from sparseinfer.evaluation.probing import probe_runs
+
+        sizes = (probe_docs[0], probe_docs[1], probe_tokens, letter_tokens)
+        probed = probe_runs(runs, store, probe, absorption, infer_with, parse_params(param or []), targets, device,
+                            sizes, progress=_log)  # fmt: skip
+        if out is not None:
+            probed.to_parquet(out / "probe.parquet")
+        console.print(probe_table(probed))
 
 
 llm_app = typer.Typer(help="The local explainer LLM (llama.cpp server, OpenAI-compatible).", no_args_is_help=True)

@@ -168,3 +168,23 @@ def llm_study_table(results: Any) -> Table:
         cells = [str(row[c]) if isinstance(row[c], str) else _fmt(float(row[c]), 4) for c in present]
         table.add_row(*cells, str(row.get("error", ""))[:60])
     return table
+
+
+def probe_table(frame: pd.DataFrame, ks: tuple[int, ...] = (1, 2, 5, 20)) -> Table:
+    """Sparse probing / absorption rows (`probe_runs`' long format): one row per encoder, one column per task at
+    each k and per absorption metric; cells are value [95% interval]."""
+    table = Table(title="sparse probing (held-out accuracy) and first-letter absorption [95% bootstrap CI]")
+    if len(frame):  # the dense probe also with every dimension (its largest k)
+        frame = frame[frame["k"].isin([*ks, 0]) | (frame["encoder"] == "dense")]
+    names = zip(frame["task"], frame["k"], frame["metric"], strict=True)
+    columns = list(dict.fromkeys(f"{t} k={k}" if m == "accuracy" else m for t, k, m in names))
+    table.add_column("encoder")
+    for column in columns:
+        table.add_column(column, justify="right")
+    for (run, encoder), group in frame.groupby(["run", "encoder"], sort=False):
+        cells = {}
+        for row in group.to_dict("records"):
+            key = f"{row['task']} k={row['k']}" if row["metric"] == "accuracy" else row["metric"]
+            cells[key] = _interval(row, "value")
+        table.add_row(encoder if not run else f"{encoder} ({run})", *(cells.get(c, "-") for c in columns))
+    return table

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from functools import partial
 from typing import Any
 
 import numpy as np
@@ -297,3 +298,79 @@ def corpus_tasks(model: torch.nn.Module, tokenizer: Any, point: HookPoint, n_bro
         passages = sotu_passages(tokenizer, n_sotu, length, seed)
         tasks.append(document_task("sotu_decade", passages, passage_activations(model, point, passages), seed))
     return tasks
+
+
+def _long(frame: pd.DataFrame, base: dict[str, Any]) -> list[dict[str, Any]]:
+    pooled = frame[frame["class"] == "all"]
+    return [base | {"task": r["task"], "k": int(r["k"]), "metric": "accuracy", "value": r["accuracy"],
+                    "ci_low": r["ci_low"], "ci_high": r["ci_high"], "n": int(r["n_test"])}
+            for r in pooled.to_dict("records")]  # fmt: skip
+
+
+def probe_runs(
+    runs: Sequence[Any],
+    store: Any,
+    probe: bool = True,
+    absorption: bool = True,
+    infer_with: str | None = None,
+    infer_params: dict[str, Any] | None = None,
+    target_l0: Sequence[float] | None = None,
+    device: str = "cpu",
+    sizes: tuple[int, int, int, int] = (120, 90, 16, 1500),
+    seed: int = 0,
+    progress: Callable[[str], None] = lambda s: None,
+) -> pd.DataFrame:
+    """Sparse probing and/or first-letter absorption of trained runs on the store's model and hook: each run's own
+    encoder and, with `infer_with`, that method on its dictionary (calibrated to each `target_l0` when given), plus
+    the dense probe. `sizes`: Brown documents, SOTU documents, tokens per passage, single-word store tokens.
+    Long format: run, encoder, task, k (0 for absorption), metric, value, ci_low, ci_high, n."""
+    from sparseinfer.data.store import ActivationStore
+    from sparseinfer.encoders.base import create
+    from sparseinfer.evaluation.absorption import encode, evaluate_absorption, fit_letter_probes, letter_data_from_store
+    from sparseinfer.evaluation.calibrate import calibrate
+    from sparseinfer.evaluation.downstream import hook_point
+    from sparseinfer.evaluation.runs import calibration_signals, check_runs
+    from sparseinfer.lm.model import load_model
+    from sparseinfer.training.activations.train import load_run
+
+    if not (probe or absorption):
+        raise SparseInferError("choose --probe, --absorption or both")
+    held_out, _ = check_runs(list(runs), store)
+    model, tokenizer = load_model(held_out.manifest.model, device)
+    n_brown, n_sotu, length, n_letters = sizes
+    tasks: list[ProbeTask] = []
+    if probe:
+        tasks = [t for t in corpus_tasks(model, tokenizer, hook_point(held_out.manifest.hook), n_brown, n_sotu,
+                                         length, seed) if binary_classes(t)]  # fmt: skip
+        if not tasks:
+            raise SparseInferError("no probing task has a class with enough documents in both splits: more documents")
+    letters = letter_data_from_store(held_out, tokenizer, n_letters, seed) if absorption else None
+    probes = fit_letter_probes(letters, seed=seed) if letters is not None else []
+    rows = _long(evaluate_probes(tasks, None, seed=seed), {"run": "", "encoder": "dense"}) if tasks else []
+    for run in runs:
+        encoder, dictionary, info = load_run(run, device)
+        name = info["config"]["encoder"]
+        methods: list[tuple[str, Any]] = [(name, encoder)]
+        for target in ([*target_l0] if target_l0 else [None]) if infer_with else []:
+            if target is None:
+                enc = create(infer_with, dim=info["dim"], n_latents=info["n_latents"], **(infer_params or {}))
+            else:
+                x = calibration_signals(ActivationStore.open(store), info["scale"]).to(device)
+                enc = calibrate(infer_with, dictionary, x, target, infer_params, warm=encoder).encoder
+            label = f"{infer_with} on {name}'s dictionary" + (f" at L0 {target:g}" if target else "")
+            methods.append((label, enc.to(device)))
+        for label, enc in methods:
+            progress(f"probe {run}: {label}")
+            base = {"run": str(run), "encoder": label}
+            if tasks:
+                rows += _long(evaluate_probes(tasks, partial(encode, enc, dictionary, scale=info["scale"]), seed=seed),
+                              base)  # fmt: skip
+            if letters is not None:
+                result = evaluate_absorption(enc, dictionary, letters, probes, info["scale"])
+                for metric, values in (("absorption_rate", result.full.astype(float)),
+                                       ("absorption_fraction", result.fraction)):  # fmt: skip
+                    low, high = interval(values) if len(values) else (float("nan"), float("nan"))
+                    rows.append(base | {"task": "first_letter", "k": 0, "metric": metric, "n": len(values),
+                                        "value": float(values.mean()) if len(values) else float("nan"),
+                                        "ci_low": low, "ci_high": high})  # fmt: skip
+    return pd.DataFrame(rows)

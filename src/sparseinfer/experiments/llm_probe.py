@@ -162,7 +162,11 @@ def probe_report_lines(out: Path) -> list[str]:
     table["target_l0"] = table["target_l0"].map(lambda v: "-" if v != v else f"{v:g}")
     wide = table.pivot_table(index=["dictionary", "method", "target_l0"], columns="column", values="cell",
                              aggfunc="first", sort=False).fillna("-")  # fmt: skip
-    columns = list(wide.columns)
+    keys = {
+        c: (m != "accuracy", t, 10**9 if c.endswith("all dims") else k)
+        for c, t, k, m in zip(table["column"], table["task"], table["k"], table["metric"], strict=True)
+    }
+    columns = sorted(wide.columns, key=keys.__getitem__)
     lines = [
         "| dictionary | method | target L0 | " + " | ".join(columns) + " |",
         "|---|---|---:|" + "---:|" * len(columns),
