@@ -141,11 +141,11 @@ def test_train_learns_and_resumes_exactly(setup, tmp_path):
             train_from_store(cfg, root / "store", tmp_path / "b", progress=False)
     finally:
         store_module.ActivationStore.iter_batches = original
-    assert (tmp_path / "b" / "checkpoint.pt").exists() and store.manifest.n_contexts == 40
+    assert (tmp_path / "b" / "checkpoint.safetensors").exists() and store.manifest.n_contexts == 40
     train_from_store(cfg, root / "store", tmp_path / "b", progress=False)
     _, resumed, _ = load_run(tmp_path / "b")
     torch.testing.assert_close(resumed.atoms, dictionary.atoms, rtol=1e-5, atol=1e-6)
-    assert not (tmp_path / "b" / "checkpoint.pt").exists()
+    assert not (tmp_path / "b" / "checkpoint.safetensors").exists()
 
     # a corrupt checkpoint (or a pickle someone hands in) is refused with a one-line error, never unpickled
     (tmp_path / "c").mkdir()
@@ -191,6 +191,15 @@ def test_metrics_against_references(setup):
     assert abs(perfect["loss_recovered"] - 1) < 1e-4
     bad = downstream_metrics(model, HookPoint("model.layers.2", "input"), ids, enc2, dic2, 1.0, True)
     assert bad["kl"] > 0 and bad["ce_zero"] == pytest.approx(perfect["ce_zero"])
+    # the clean and zero-ablated passes computed once give the same numbers; other ids are refused
+    from sparseinfer.evaluation.downstream import reference_passes
+
+    point = HookPoint("model.layers.2", "input")
+    shared = reference_passes(model, point, ids, True)
+    again = downstream_metrics(model, point, ids, enc2, dic2, 1.0, True, reference=shared)
+    assert again == pytest.approx(bad, rel=1e-6, abs=1e-9)
+    with pytest.raises(SparseInferError, match="other token ids"):
+        downstream_metrics(model, point, torch.cat([ids, ids]), enc2, dic2, 1.0, True, reference=shared)
 
 
 def test_cli_harvest_train_evaluate(setup, tmp_path):

@@ -24,7 +24,7 @@ from sparseinfer.dictionary import Dictionary
 from sparseinfer.encoders.base import Encoder, create
 from sparseinfer.errors import SparseInferError
 from sparseinfer.evaluation.calibrate import Calibration, calibrate
-from sparseinfer.evaluation.downstream import downstream_metrics, hook_point
+from sparseinfer.evaluation.downstream import Reference, downstream_metrics, hook_point, reference_passes
 from sparseinfer.evaluation.frontier import frontier_figure
 from sparseinfer.evaluation.held_out import reconstruction_metrics
 from sparseinfer.evaluation.matched import matched_l0
@@ -118,17 +118,27 @@ def encoder_metrics(
     batch_size: int,
     model: torch.nn.Module | None,
     firing: FiringStatistics | None = None,
+    reference: list[Reference] | None = None,
 ) -> dict[str, Any]:
     """Reconstruction metrics of `encoder` on `dictionary` (with cosine similarity and `l2_ratio`), plus the
-    downstream loss and normalised KL when `model` is given; `firing` collects the per-latent firing table."""
+    downstream loss and normalised KL when `model` is given; `firing` collects the per-latent firing table;
+    `reference`: the clean and zero-ablated passes over the same contexts (`downstream_reference`), shared."""
     row = reconstruction_metrics(encoder, dictionary, held_out, scale, n_tokens, batch_size, firing)
     if downstream_contexts > 0 and model is not None:
         manifest = held_out.manifest
         ids = _first_contexts(held_out, downstream_contexts)
-        row |= downstream_metrics(
-            model, hook_point(manifest.hook), ids[:downstream_contexts], encoder, dictionary, scale, manifest.bos
-        )
+        row |= downstream_metrics(model, hook_point(manifest.hook), ids[:downstream_contexts], encoder, dictionary,
+                                  scale, manifest.bos, reference=reference)  # fmt: skip
     return row
+
+
+def downstream_reference(held_out: ActivationStore, downstream_contexts: int,
+                         model: torch.nn.Module) -> list[Reference]:  # fmt: skip
+    """The clean and zero-ablated passes that `encoder_metrics` needs for the store's first contexts, once for
+    every encoder evaluated on them."""
+    manifest = held_out.manifest
+    ids = _first_contexts(held_out, downstream_contexts)[:downstream_contexts]
+    return reference_passes(model, hook_point(manifest.hook), ids, manifest.bos)
 
 
 def evaluate_run(

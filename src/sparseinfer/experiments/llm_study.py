@@ -151,7 +151,7 @@ def build_method(method: str, family: str, encoder: Any, dictionary: Any, x: tor
 
 def stage_evaluate(preset: LLMPreset, out: Path, progress: Progress) -> dict[str, Any]:
     """One row per dictionary x method x target (each row saved as it is done), then `results.parquet`."""
-    from sparseinfer.evaluation.runs import calibration_signals, check_runs, encoder_metrics
+    from sparseinfer.evaluation.runs import calibration_signals, check_runs, downstream_reference, encoder_metrics
     from sparseinfer.lm.model import load_model
     from sparseinfer.training.activations.train import load_run
 
@@ -159,6 +159,7 @@ def stage_evaluate(preset: LLMPreset, out: Path, progress: Progress) -> dict[str
     runs = [out / "train" / run_name(f, t) for f in preset.families for t in preset.targets]
     model = load_model(preset.model, preset.device)[0] if preset.eval_contexts else None
     held_out, _ = check_runs(runs, store, model)
+    reference = None  # the clean and zero-ablated passes, computed once for every row (when a row needs them)
     rows_dir = out / "evaluate" / "rows"
     jobs = [(f, t, m) for f in preset.families for t in preset.targets for m in _methods_for(preset, f)]
     for i, (family, target, method) in enumerate(jobs, 1):
@@ -175,8 +176,10 @@ def stage_evaluate(preset: LLMPreset, out: Path, progress: Progress) -> dict[str
             x = calibration_signals(held_out, info["scale"], preset.calibration_tokens).to(preset.device)
             chosen, summary = build_method(method, family, encoder, dictionary, x, target, preset)
             row |= {k: v for k, v in summary.items() if k not in ("method", "target_l0")}
+            if reference is None and model is not None:
+                reference = downstream_reference(held_out, preset.eval_contexts, model)
             metrics = encoder_metrics(chosen, dictionary, held_out, info["scale"], preset.eval_tokens,
-                                      preset.eval_contexts, 1024, model)  # fmt: skip
+                                      preset.eval_contexts, 1024, model, reference=reference)  # fmt: skip
             row |= {k: v for k, v in metrics.items() if k != "freq_hist_log10"}
         except SparseInferError as err:  # e.g. a target out of this method's reach: a row that says so
             row["error"] = str(err)
