@@ -83,3 +83,28 @@ def check_training_memory(batch: int, dim: int, n_latents: int, device: str | to
         "batch activations": 4 * tensor_bytes(batch, dim),
     }
     return check_memory(f"training {n_latents} latents on batches of {batch} x {dim}", parts, device)
+
+
+def check_synthetic_memory(n_samples: int, n_latents: int, dim: int, dtype: torch.dtype = torch.float32) -> int:
+    """Refuse a synthetic data set that cannot fit: the float64 draws of (n_samples, n_latents) codes (keys,
+    magnitudes, codes), the signals, the dictionary, and their copies in `dtype`."""
+    f64 = torch.float64
+    parts = {
+        "codes": 3 * tensor_bytes(n_samples, n_latents, dtype=f64) + tensor_bytes(n_samples, n_latents, dtype=dtype),
+        "signals": tensor_bytes(n_samples, dim, dtype=f64) + tensor_bytes(n_samples, dim, dtype=dtype),
+        "dictionary": tensor_bytes(n_latents, dim, dtype=f64) + tensor_bytes(n_latents, dim, dtype=dtype),
+    }
+    return check_memory(f"synthetic data of {n_samples} samples x {n_latents} latents x dim {dim}", parts)
+
+
+def check_coding_memory(
+    n_samples: int, n_latents: int, dim: int, dtype: torch.dtype = torch.float32, copies: int = 2, gram: bool = True,
+    device: str | torch.device = "cpu",
+) -> int:  # fmt: skip
+    """Refuse sparse coding of a whole (n_samples, dim) matrix that cannot fit: `copies` (n_samples, n_latents)
+    code buffers (codes, iterates, gradients or optimiser moments) and the (n_latents, n_latents) Gram matrix."""
+    parts = {"codes": copies * tensor_bytes(n_samples, n_latents, dtype=dtype)}
+    if gram:
+        parts["Gram matrix"] = tensor_bytes(n_latents, n_latents, dtype=dtype)
+    parts["signals"] = tensor_bytes(n_samples, dim, dtype=dtype)
+    return check_memory(f"sparse coding of {n_samples} signals with {n_latents} latents", parts, device)

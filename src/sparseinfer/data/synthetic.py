@@ -40,6 +40,7 @@ from torch import Tensor
 
 from sparseinfer.dictionary import Dictionary
 from sparseinfer.errors import SparseInferError
+from sparseinfer.memory import check_synthetic_memory
 
 _DTYPES = {"float32": torch.float32, "float64": torch.float64}
 STUDY_SEEDS = {"known_codes": 20240625, "known_dictionary": 20240625, "learn_both": 20240926}
@@ -125,6 +126,7 @@ _STUDY_FIXED = (
 def make_synthetic(config: SyntheticConfig | None = None, **overrides: Any) -> SyntheticData:
     """Draw the dictionary and `n_train + n_test` samples from `config` (plus field overrides), deterministically."""
     config = _resolve(config, overrides)
+    check_synthetic_memory(config.n_train + config.n_test, config.n_latents, config.dim, config.torch_dtype)
     if config.source == "study":
         return make_study_data(config)
     gen = torch.Generator().manual_seed(config.seed)

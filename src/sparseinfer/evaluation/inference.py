@@ -21,6 +21,7 @@ from sparseinfer.dictionary import Dictionary
 from sparseinfer.encoders import create
 from sparseinfer.encoders.base import IterativeEncoder, hyperparameters, needs_k
 from sparseinfer.errors import SparseInferError
+from sparseinfer.memory import check_coding_memory
 from sparseinfer.metrics import fvu, l0, latent_mcc, relative_code_error, support_recovery
 
 
@@ -125,6 +126,7 @@ def run_inference(
     nonneg = not signed and signals is None
     model = create(encoder, dim=dico.dim, n_latents=dico.n_latents, **fill_from_problem(encoder, params, k, nonneg))
     model = model.to(torch_dtype).eval()
+    check_coding_memory(x.shape[0], dico.n_latents, dico.dim, torch_dtype, gram=isinstance(model, IterativeEncoder))
     start = time.perf_counter()
     with torch.no_grad():
         codes = as_dense(model(x, dico))

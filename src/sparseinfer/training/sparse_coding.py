@@ -16,6 +16,7 @@ from sparseinfer.dictionary import Dictionary
 from sparseinfer.encoders.base import Encoder
 from sparseinfer.errors import SparseInferError
 from sparseinfer.flops.primitives import elementwise
+from sparseinfer.memory import check_coding_memory
 
 
 class CodeTable(Encoder):
@@ -45,5 +46,8 @@ class CodeTable(Encoder):
 
 def code_table_for(train_x: Tensor, dictionary: Dictionary, init_log: float = -10.0) -> CodeTable:
     """A code table matching the training set and dictionary, on their device and dtype."""
+    # the table, its gradient and Adam's two moments, plus the codes exp(u)
+    check_coding_memory(train_x.shape[0], dictionary.n_latents, dictionary.dim, train_x.dtype, copies=5, gram=False,
+                        device=train_x.device)  # fmt: skip
     table = CodeTable(train_x.shape[0], dictionary.n_latents, init_log)
     return table.to(device=train_x.device, dtype=train_x.dtype)
