@@ -2,14 +2,34 @@
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
+from contextvars import ContextVar
+
 import torch
 from torch import Tensor
 
 from sparseinfer.errors import SparseInferError
 
+_VALIDATED: ContextVar[bool] = ContextVar("sparseinfer_inputs_validated", default=False)
 
-def check_matrix(t: Tensor, name: str, cols: int | None = None) -> Tensor:
-    """Require a finite floating-point 2-D tensor, optionally with `cols` columns."""
+
+@contextlib.contextmanager
+def inputs_validated() -> Iterator[None]:
+    """Within this block `check_finite` trusts its input: the caller checked the data where it entered (a training
+    loop's entry, a store's reader). Reading a tensor's finiteness back to Python waits for the device, so a check in
+    every training step's encoder call would synchronise host and accelerator each step; shapes and dtypes (host-side
+    metadata) are still checked."""
+    token = _VALIDATED.set(True)
+    try:
+        yield
+    finally:
+        _VALIDATED.reset(token)
+
+
+def check_matrix(t: Tensor, name: str, cols: int | None = None, finite: bool = True) -> Tensor:
+    """Require a finite floating-point 2-D tensor, optionally with `cols` columns; `finite=False` checks only the
+    shape and dtype (host-side metadata, no wait for the device)."""
     if not isinstance(t, Tensor):
         raise SparseInferError(f"{name} must be a torch.Tensor, got {type(t).__name__}")
     if t.ndim != 2:
@@ -18,21 +38,24 @@ def check_matrix(t: Tensor, name: str, cols: int | None = None) -> Tensor:
         raise SparseInferError(f"{name} must be a floating-point tensor, got dtype {t.dtype}")
     if cols is not None and t.shape[1] != cols:
         raise SparseInferError(f"{name} has {t.shape[1]} columns, expected {cols} (shape {tuple(t.shape)})")
-    check_finite(t, name)
+    if finite:
+        check_finite(t, name)
     return t
 
 
 def check_finite(t: Tensor, name: str) -> Tensor:
-    """Require no NaN or Inf entries."""
+    """Require no NaN or Inf entries (skipped inside `inputs_validated`, where the caller checked them once)."""
+    if _VALIDATED.get():
+        return t
     if not torch.isfinite(t).all():
         bad = int((~torch.isfinite(t)).sum())
         raise SparseInferError(f"{name} contains {bad} NaN/Inf value(s)")
     return t
 
 
-def check_signals(x: Tensor, dim: int, dtype: torch.dtype | None = None) -> Tensor:
-    """Validate signals `x` of shape (batch, dim) against a dictionary's dim and dtype."""
-    check_matrix(x, "signals x", cols=dim)
+def check_signals(x: Tensor, dim: int, dtype: torch.dtype | None = None, finite: bool = True) -> Tensor:
+    """Validate signals `x` (batch, dim) against a dictionary's dim and dtype (`finite`: as in `check_matrix`)."""
+    check_matrix(x, "signals x", cols=dim, finite=finite)
     if dtype is not None and x.dtype != dtype:
         raise SparseInferError(f"signals x have dtype {x.dtype} but the dictionary has {dtype}; cast one of them")
     return x

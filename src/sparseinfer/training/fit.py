@@ -6,6 +6,10 @@ activation store). Options that the synthetic study leaves off: a `schedule(step
 bf16 autocast on CUDA, a `FitState` to resume from, and `FitHooks` (a replacement loss with its FLOPs, a gradient
 hook between backward and the optimiser step, and an after-step hook for dead-latent tracking, resampling and
 checkpoints).
+
+The loop does not wait for the device between logging steps: inputs are checked once where they enter (a tensor up
+front; each streamed batch's finiteness is accumulated on the device and read back with the loss at logging steps),
+so the encoders' per-call finiteness check is skipped inside the loop (`validation.inputs_validated`).
 """
 
 from __future__ import annotations
@@ -26,7 +30,7 @@ from sparseinfer.progress import progress_bar
 from sparseinfer.training.accounting import training_step_flops
 from sparseinfer.training.config import TrainConfig
 from sparseinfer.training.regimes import Regime
-from sparseinfer.validation import check_signals
+from sparseinfer.validation import check_signals, inputs_validated
 
 Evaluate = Callable[[], dict[str, float]]
 Schedule = Callable[[int], tuple[float, float]]
@@ -61,14 +65,17 @@ class FitHooks:
     reduce: Callable[[Tensor], Tensor] | None = None
 
 
-def _batches(n: int, batch_size: int | None, seed: int) -> Iterator[Tensor | None]:
-    """Index batches forever: None (full batch) or shuffled minibatches, reshuffled every epoch."""
+def _batches(n: int, batch_size: int | None, seed: int, device: torch.device | None = None) -> Iterator[Tensor | None]:
+    """Index batches forever: None (full batch) or shuffled minibatches, reshuffled every epoch. The order is drawn
+    on the host (the same at any device) and copied to `device` once an epoch without waiting for it."""
     if batch_size is None or batch_size >= n:
         while True:
             yield None
     gen = torch.Generator().manual_seed(seed)
     while True:
         order = torch.randperm(n, generator=gen)
+        if device is not None and device.type != "cpu":
+            order = order.to(device, non_blocking=True)
         for start in range(0, n - batch_size + 1, batch_size):
             yield order[start : start + batch_size]
 
@@ -91,7 +98,7 @@ def _data(
 ) -> Iterator[tuple[Tensor, Tensor | None]]:
     """(signals, true codes or None) batches: indexed from a tensor, or taken from an iterable as they come."""
     if isinstance(train_x, Tensor):
-        for index in _batches(train_x.shape[0], batch_size, seed):
+        for index in _batches(train_x.shape[0], batch_size, seed, train_x.device):
             if index is None:
                 yield train_x, train_codes
             else:
@@ -158,12 +165,18 @@ def fit(
         record(0, float("nan"))
     encoder.train()
     bar = progress_bar(total=config.steps, initial=state.step, enabled=progress, desc=f"train {encoder.name}")
+    finite: Tensor | None = None  # streamed batches: all finite so far (on the device, read at logging steps)
+    first_unchecked = state.step + 1
     while state.step < config.steps:
         step = state.step + 1
         batch = next(batches, None)
         if batch is None:
             raise SparseInferError(f"the training data ran out at step {step}; give more data (or epochs)")
         xb, cb = batch
+        if not isinstance(train_x, Tensor):
+            check_signals(xb, dictionary.dim, dictionary.atoms.dtype, finite=False)
+            ok = torch.isfinite(xb).all()
+            finite = ok if finite is None else finite & ok
         l1 = config.l1
         if schedule is not None:
             lr_mult, l1_mult = schedule(step)
@@ -173,7 +186,7 @@ def fit(
         use_autocast = autocast and xb.device.type == "cuda"
         context = torch.autocast("cuda", dtype=torch.bfloat16) if use_autocast else contextlib.nullcontext()
         x_hat = None
-        with context:
+        with context, inputs_validated():
             codes = encoder(xb, dictionary)
             if regime.supervised:
                 loss = regime.loss(xb, codes, None, l1, true_codes=cb)
@@ -197,6 +210,9 @@ def fit(
         state.flops += step_flops
         state.step = step
         if step % config.eval_every == 0 or step == config.steps:
+            if finite is not None and not bool(finite):
+                raise SparseInferError(f"a training batch of steps {first_unchecked}-{step} contains NaN/Inf values")
+            finite, first_unchecked = None, step + 1
             value = float(loss.detach())
             if hooks.reduce is not None:  # the workers' mean (all workers record at the same steps)
                 total, count = hooks.reduce(torch.tensor([value, 1.0], dtype=torch.float64, device=xb.device)).tolist()

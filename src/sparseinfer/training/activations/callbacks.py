@@ -13,7 +13,7 @@ from sparseinfer.codes import Codes, as_dense
 from sparseinfer.dictionary import Dictionary
 from sparseinfer.encoders.base import Encoder, IterativeEncoder
 from sparseinfer.errors import SparseInferError
-from sparseinfer.training.activations.lm_config import LMTrainConfig, controller_active, l0_controller_step, schedule
+from sparseinfer.training.activations.lm_config import LMTrainConfig, controller_active, schedule
 from sparseinfer.training.activations.losses import AuxK, auxk_flops, batch_variance, normaliser_flops, study_loss
 from sparseinfer.training.activations.resample import resample
 from sparseinfer.training.distributed import DataParallel
@@ -51,9 +51,11 @@ class Callbacks:
         if config.dead_latents == "auxk":
             self.auxk = AuxK(encoder, config.auxk_k or max(1, dictionary.dim // 2), config.auxk_coef)
         self._batch = 0
-        self.log_l1_scale = 0.0  # the target-L0 controller's log multiplier of the sparsity weight
-        self._log_l0: float | None = None
-        self._trend = 0.0
+        # the target-L0 controller's log multiplier of the sparsity weight: 0.0 until it first adapts, then a float64
+        # tensor on the training device with its L0 state, so that steering never waits for the device
+        self.log_l1_scale: float | Tensor = 0.0
+        self._log_l0: Tensor | None = None
+        self._trend: float | Tensor = 0.0
         self._penalty = getattr(encoder, "penalty", None) if isinstance(encoder, IterativeEncoder) else None
         if config.target_l0 is not None and getattr(encoder, "k", None):
             raise SparseInferError(
@@ -62,25 +64,31 @@ class Callbacks:
 
     @property
     def l1_scale(self) -> float:
-        """The multiplier of the sparsity weight that the target-L0 controller has reached (1 without a target)."""
-        return math.exp(self.log_l1_scale)
+        """The multiplier of the sparsity weight that the target-L0 controller has reached (1 without a target);
+        a Python number, read back from the device (for logs and results, not the step)."""
+        return math.exp(float(self.log_l1_scale))
 
-    def schedule(self, step: int) -> tuple[float, float]:
-        """`fit`'s schedule: the config's warm-ups and decay, the L1 multiplier times the controller's."""
+    def schedule(self, step: int) -> tuple[float, float | Tensor]:
+        """`fit`'s schedule: the config's warm-ups and decay, the L1 multiplier times the controller's (a device
+        scalar once the controller has adapted)."""
         lr, l1 = schedule(self.config, step)
+        if isinstance(self.log_l1_scale, Tensor):
+            return lr, l1 * torch.exp(self.log_l1_scale)
         return lr, l1 * self.l1_scale
 
-    def _control(self, step: int, l0: float) -> None:
-        """Adapt the sparsity weight towards `target_l0` from this step's mean L0 (see `l0_controller_step`)."""
+    def _control(self, step: int, l0: Tensor) -> None:
+        """Adapt the sparsity weight towards `target_l0` from this step's mean L0 (a float64 device scalar): the step
+        of `l0_controller_step` on the L0 predicted from its smoothed trend, computed on the device."""
         cfg = self.config
         if not controller_active(cfg, step):
             return
-        log_l0 = math.log(max(l0, 1e-3))
+        log_l0 = torch.log(l0.clamp_min(1e-3))
         if self._log_l0 is not None:  # the L0 trend (log L0 per step), smoothed
             self._trend = 0.9 * self._trend + 0.1 * (log_l0 - self._log_l0)
         self._log_l0 = log_l0
-        predicted = math.exp(log_l0 + TREND_HORIZON * self._trend)  # L0 lags the weight: steer by where it heads
-        self.log_l1_scale = l0_controller_step(self.log_l1_scale, predicted, cfg.target_l0, cfg.target_l0_rate)
+        predicted = torch.exp(log_l0 + TREND_HORIZON * self._trend)  # L0 lags the weight: steer by where it heads
+        error = torch.log(predicted.clamp_min(1e-3) / cfg.target_l0).clamp(-1.0, 1.0)
+        self.log_l1_scale = self.log_l1_scale + cfg.target_l0_rate * error
         self._apply_penalty()
 
     def _apply_penalty(self) -> None:
@@ -113,14 +121,18 @@ class Callbacks:
         return extra
 
     def after_step(self, state: FitState, x: Tensor, codes: Codes, x_hat: Tensor | None) -> None:
+        """Dead-latent counts and the target-L0 controller stay on the device (no read-back per step); the row's
+        metrics are read at logging steps, resampling and checkpoints at their own intervals."""
         cfg, group = self.config, self.group
         dense = as_dense(codes).detach()
-        fired = group.max((dense != 0).any(0).to(torch.int32)).cpu() > 0
+        active = dense != 0
+        fired = group.max(active.any(0).to(torch.int32)) > 0
         if cfg.target_l0 is not None:  # the mean L0 over every rank's batch
-            pair = torch.tensor([float((dense != 0).sum()), float(x.shape[0])], dtype=torch.float64, device=x.device)
-            count, rows = group.sum(pair).tolist()
-            self._control(state.step, count / rows)
-        self.since_fired = torch.where(fired, 0, self.since_fired + x.shape[0] * group.world)
+            rows = torch.full((), float(x.shape[0]), dtype=torch.float64, device=dense.device)
+            count, total = group.sum(torch.stack([active.sum(dtype=torch.float64), rows])).unbind()
+            self._control(state.step, count / total)
+        since = self.since_fired.to(fired.device)  # a resumed checkpoint's counts arrive on the host
+        self.since_fired = torch.where(fired, 0, since + x.shape[0] * group.world)
         resampled = 0
         if cfg.dead_latents == "resample" and state.step % cfg.resample_every == 0:
             if state.step < cfg.steps * (1 - cfg.decay_fraction):
