@@ -1,6 +1,6 @@
 """Write the tiny random Llama of the tests into a folder (the harvest row's model when no real model is installed).
 
-    python benchmarks/gpu/tiny_model.py FOLDER
+python benchmarks/gpu/tiny_model.py FOLDER
 """
 
 from __future__ import annotations

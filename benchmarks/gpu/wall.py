@@ -1,6 +1,6 @@
 """Time a command's wall clock and print it as one JSON line (for rows whose result is their duration).
 
-    python benchmarks/gpu/wall.py LABEL -- COMMAND ...
+python benchmarks/gpu/wall.py LABEL -- COMMAND ...
 """
 
 from __future__ import annotations
