@@ -137,7 +137,7 @@ def test_two_ranks_match_one_process_on_the_concatenated_batches(runs, store, tm
 
 def test_checkpoint_of_two_ranks_resumes_in_one_process(runs, store):
     folder = runs / "interrupted"
-    assert (folder / "checkpoint.pt").exists() and not (folder / "run.json").exists()
+    assert (folder / "checkpoint.safetensors").exists() and not (folder / "run.json").exists()
     sample, batches = reference_stream(store)
     info = train_on_activations(CONFIG, batches, folder, DIM, sample, progress=False)
     assert [r["step"] for r in info["history"]] == [5, 10, 15, 20]

@@ -13,7 +13,7 @@ ROOT = Path(__file__).resolve().parents[1] / "src" / "sparseinfer"
 # Bottom (0) to top. A module may import its own layer's modules (within one package, or the core files among
 # themselves) and anything below; never above. Files at the package root count as their own unit.
 LAYERS: dict[str, int] = {
-    "errors": 0, "validation": 0, "codes": 0, "dictionary": 0, "progress": 0, "locks": 0, "memory": 0,
+    "errors": 0, "validation": 0, "codes": 0, "dictionary": 0, "progress": 0, "locks": 0, "memory": 0, "atomic": 0,
     "lm": 1, "flops": 1,
     "encoders": 2, "metrics": 2,
     "data": 3, "io": 3,
@@ -22,7 +22,7 @@ LAYERS: dict[str, int] = {
     "experiments": 6,
     "cli": 7, "__main__": 8,
 }  # fmt: skip
-CORE = {"errors", "validation", "codes", "dictionary", "progress", "locks", "memory"}
+CORE = {"errors", "validation", "codes", "dictionary", "progress", "locks", "memory", "atomic"}
 
 
 def unit_of(module: str) -> str:

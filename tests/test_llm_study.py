@@ -112,7 +112,7 @@ def test_sigkill_loses_at_most_the_stage_in_progress(assets, tmp_path) -> None:
     first = out / "train" / "relu-l0_2"
     proc = subprocess.Popen([sys.executable, "-c", code])
     deadline = time.monotonic() + 120
-    while not (first / "checkpoint.pt").exists() and proc.poll() is None and time.monotonic() < deadline:
+    while not (first / "checkpoint.safetensors").exists() and proc.poll() is None and time.monotonic() < deadline:
         time.sleep(0.1)
     assert proc.poll() is None, "the training stage ended before it could be killed"
     os.kill(proc.pid, signal.SIGKILL)

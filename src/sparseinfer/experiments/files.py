@@ -1,15 +1,13 @@
 """The result store: plain files (JSON, YAML, Parquet) written atomically, and the gathering of run folders.
 
-Every write goes to a hidden temporary file in the target's folder and is then moved into place with `os.replace`,
-so a reader (or a resumed sweep after `kill -9`) sees either the old file or the complete new one, never half of it.
+Every write goes through the core atomic writer (`sparseinfer.atomic`: a temporary file beside the target, moved
+into place), so a reader (or a resumed sweep after `kill -9`) sees either the old file or the complete new one.
 A run folder is complete iff its `result.json` exists and parses: runs write it last, as their completion marker.
 """
 
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
@@ -17,6 +15,7 @@ from typing import Any
 import pandas as pd
 import yaml
 
+from sparseinfer import atomic
 from sparseinfer.errors import SparseInferError
 
 RESULT_FILE = "result.json"
@@ -25,28 +24,13 @@ RUNS_DIR = "runs"
 
 
 def _atomic_write(path: Path, write: Callable[[Path], None]) -> None:
-    """Let `write(tmp)` fill a temporary file beside `path`, flush it to disk, then move it onto `path`."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    tmp = Path(tmp_name)
-    try:
-        write(tmp)
-        fd = os.open(tmp, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
+    """Let `write(tmp)` fill a temporary file beside `path`, then move it onto `path` (the core atomic writer)."""
+    atomic.write_with(path, write, parents=True)
 
 
 def write_text(path: Path, text: str) -> None:
     """Write UTF-8 text atomically."""
-    _atomic_write(path, lambda tmp: tmp.write_text(text, encoding="utf-8"))
+    atomic.write_text(path, text, parents=True)
 
 
 def _read_text(path: Path, what: str) -> str:

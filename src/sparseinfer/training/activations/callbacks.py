@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import math
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch import Tensor
@@ -13,6 +14,7 @@ from sparseinfer.codes import Codes, as_dense
 from sparseinfer.dictionary import Dictionary
 from sparseinfer.encoders.base import Encoder, IterativeEncoder
 from sparseinfer.errors import SparseInferError
+from sparseinfer.training import checkpoint as ckpt
 from sparseinfer.training.activations.lm_config import LMTrainConfig, controller_active, schedule
 from sparseinfer.training.activations.losses import AuxK, auxk_flops, batch_variance, normaliser_flops, study_loss
 from sparseinfer.training.activations.resample import resample
@@ -158,34 +160,55 @@ class Callbacks:
             self.save(state)
 
     def save(self, state: FitState) -> None:
-        """Write the checkpoint atomically: weights, optimiser, step, FLOPs and history (all totals over ranks)."""
-        blob = {
-            "encoder": self.encoder.state_dict(),
-            "dictionary": self.dictionary.state_dict(),
-            "optimiser": self.optimiser.state_dict(),
-            "step": state.step,
-            "flops": state.flops,
-            "history": state.history,
+        """Write the checkpoint (`training.checkpoint`: checksummed, atomic, finite values only): weights, optimiser,
+        step, FLOPs, history (all totals over ranks), dead-latent counts, the controller's state, RNG states."""
+        opt_tensors, opt_json = ckpt.optimiser_tensors(self.optimiser)
+        tensors = {
+            **ckpt.module_tensors("encoder", self.encoder),
+            **ckpt.module_tensors("dictionary", self.dictionary),
+            **opt_tensors,
+            **ckpt.rng_tensors(),
             "since_fired": self.since_fired,
-            "scale": self.scale,
-            "log_l1_scale": self.log_l1_scale,
         }
-        tmp = self.checkpoint.with_suffix(".tmp")
-        torch.save(blob, tmp)
-        tmp.replace(self.checkpoint)
+        scalars = {
+            "scale": float(self.scale),
+            "log_l1_scale": float(self.log_l1_scale),
+            "log_l0": None if self._log_l0 is None else float(self._log_l0),
+            "trend": float(self._trend),
+        }
+        checkpoint = ckpt.Checkpoint(
+            state.step, state.flops, state.history, tensors, opt_json, scalars, self.run_config
+        )
+        ckpt.save_checkpoint(self.checkpoint, checkpoint)
 
-    def load(self) -> FitState:
-        try:  # the restricted unpickler: tensors, numbers, lists and dicts only, never arbitrary objects
-            blob = torch.load(self.checkpoint, map_location="cpu", weights_only=True)
-        except Exception as err:
-            raise SparseInferError(f"cannot resume from {self.checkpoint}: {str(err).splitlines()[0]}") from None
-        self.encoder.load_state_dict(blob["encoder"])
-        self.dictionary.load_state_dict(blob["dictionary"])
-        self.optimiser.load_state_dict(blob["optimiser"])
-        self.since_fired, self.scale = blob["since_fired"], float(blob["scale"])
-        self.log_l1_scale = float(blob.get("log_l1_scale", 0.0))
+    @property
+    def run_config(self) -> dict[str, Any]:
+        """The config a checkpoint records and a resume must match: the settings and the pair's sizes."""
+        sizes = {"dim": self.dictionary.dim, "n_latents": self.dictionary.n_latents}
+        return {**self.config.model_dump(), **sizes}
+
+    def load(self) -> tuple[FitState, ckpt.Checkpoint]:
+        """Restore the run from its checkpoint (checked: checksum, schema, config, step, shapes); returns the fit
+        state and the checkpoint (its RNG states are for `ckpt.restore_rng` once `fit` has seeded)."""
+        path = self.checkpoint
+        checkpoint = ckpt.read_checkpoint(path, self.run_config, self.config.steps)
+        ckpt.restore_module(path, checkpoint, "encoder", self.encoder)
+        ckpt.restore_module(path, checkpoint, "dictionary", self.dictionary)
+        ckpt.restore_optimiser(path, checkpoint, self.optimiser)
+        since = checkpoint.tensors.get("since_fired")
+        if since is None or tuple(since.shape) != (self.dictionary.n_latents,):
+            raise SparseInferError(f"cannot resume from {path}: since_fired is missing or of the wrong shape")
+        scalars = checkpoint.scalars
+        try:
+            self.scale = float(scalars["scale"])
+            self.log_l1_scale = float(scalars.get("log_l1_scale", 0.0))
+            self._log_l0 = None if scalars.get("log_l0") is None else float(scalars["log_l0"])
+            self._trend = float(scalars.get("trend", 0.0))
+        except (KeyError, TypeError, ValueError):
+            raise SparseInferError(f"cannot resume from {path}: its scalars are missing or not numbers") from None
+        self.since_fired = since.to(torch.long)
         self._apply_penalty()
-        return FitState(blob["step"], blob["flops"], blob["history"])
+        return FitState(checkpoint.step, checkpoint.flops, checkpoint.history), checkpoint
 
     def close(self) -> None:
         if self.auxk is not None:
