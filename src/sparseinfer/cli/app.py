@@ -312,7 +312,8 @@ def train(
     bias_init: Annotated[str | None, typer.Option(help="mean | median | geometric_median | zero [mean]")] = None,
     seed: Annotated[int | None, typer.Option()] = None,
     device: Annotated[str, typer.Option()] = "cpu",
-    resume: Annotated[bool, typer.Option(help="continue from OUT/checkpoint.pt")] = True,
+    resume: Annotated[bool, typer.Option(help="continue from OUT/checkpoint.safetensors (same config only)")] = True,
+    force: Annotated[bool, typer.Option(help="train afresh into OUT even if it holds a finished run")] = False,
     distributed: Annotated[
         bool, typer.Option(help="one rank of `torchrun --no-python sparseinfer train ...` (needs --store)")
     ] = False,
@@ -336,14 +337,14 @@ def train(
     if distributed and store is None:
         raise SparseInferError("--distributed trains on an activation store: give --store (from `harvest`)")
     if store is not None:
-        info = train_from_store(cfg, store, out, device=device, resume=resume, distributed=distributed)
+        info = train_from_store(cfg, store, out, device=device, resume=resume, distributed=distributed, force=force)
         if distributed and os.environ.get("RANK", "0") != "0":  # one summary line, from rank 0 (group now closed)
             _exit_rank()
     else:
         from sparseinfer.data.harvest import HarvestConfig
 
         harvest_cfg = HarvestConfig(model, (hook,), text, n_contexts=10**9, device=device)
-        info = run_on_the_fly(cfg, harvest_cfg, out, device=device, resume=resume)
+        info = run_on_the_fly(cfg, harvest_cfg, out, device=device, resume=resume, force=force)
     last = info["history"][-1]
     console.print(
         f"{info['config']['encoder']}: fvu {last['fvu']:.4f}, l0 {last['l0']:.1f}, dead {last['dead_fraction']:.3f} "
