@@ -63,6 +63,8 @@ class DownstreamResult(RefineResult):
     ce_zero: float = 0.0
     loss_recovered: float = 0.0
     kl: float = 0.0
+    kl_zero: float = 0.0  # KL(clean || zero-ablated)
+    kl_score: float = 0.0  # SAEBench's normalised KL, (kl_zero - kl) / kl_zero
 
 
 class RefinedEncoder(Encoder):
