@@ -166,3 +166,37 @@ def test_sparse_coding_starts_at_its_target_penalty_with_a_short_warm_up() -> No
         assert cfg.encoder == "gradient" and cfg.target_l0 == target and cfg.steps == preset.sparse_coding_steps
         assert cfg.hparams["penalty"] == preset.sparse_coding_penalty[target]
         assert cfg.l1_warmup_steps == preset.sparse_coding_steps // 10
+
+
+def test_local_explainer_servers_are_fetched_and_logged_in_the_study(tmp_path, monkeypatch) -> None:
+    """Without --llm-url the interp stage assembles the named explainer, starts `llm_servers` servers of
+    `llm_threads` each with their logs under interp/, and hands back one client per server."""
+    import contextlib
+
+    import sparseinfer.interp.models as models
+    import sparseinfer.interp.server as server
+    from sparseinfer.experiments.llm_study import _llm_clients
+
+    fetched, started = [], []
+
+    class Server:
+        def __init__(self, gguf, threads, log):
+            assert log.parent.is_dir()  # the log's folder exists before the server opens it
+            started.append((gguf, threads, log.name))
+            self.base_url = f"http://127.0.0.1:{9000 + len(started)}/v1"
+
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *exc):
+            return None
+
+    monkeypatch.delenv("SPARSEINFER_LLM_BASE_URL", raising=False)
+    monkeypatch.setattr(models, "fetch_model", lambda name, progress=None: fetched.append(name))
+    monkeypatch.setattr(server, "LocalLLMServer", Server)
+    preset = get_preset("quick")
+    with contextlib.ExitStack() as stack:
+        clients = _llm_clients(preset, tmp_path, None, stack)
+        assert [c.config.base_url for c in clients] == ["http://127.0.0.1:9001/v1", "http://127.0.0.1:9002/v1"]
+    assert fetched == [preset.explainer] and preset.explainer in models.MODELS
+    assert started == [(preset.explainer, 1, "llm-server-0.log"), (preset.explainer, 1, "llm-server-1.log")]

