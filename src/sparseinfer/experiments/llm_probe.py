@@ -82,7 +82,7 @@ def stage_probe(preset: LLMPreset, out: Path, progress: Progress, sizes: ProbeSi
     from sparseinfer.evaluation.downstream import hook_point
     from sparseinfer.evaluation.probing import binary_classes, corpus_tasks, evaluate_probes
     from sparseinfer.evaluation.runs import calibration_signals
-    from sparseinfer.experiments.llm_study import _methods_for, build_method, run_name
+    from sparseinfer.experiments.llm_study import build_method, row_jobs, run_name
     from sparseinfer.lm.model import load_model
     from sparseinfer.training.activations.train import load_run
 
@@ -104,9 +104,8 @@ def stage_probe(preset: LLMPreset, out: Path, progress: Progress, sizes: ProbeSi
     if not dense_path.exists() and tasks:
         base = {"dictionary": "dense", "run": "", "method": "dense", "target_l0": math.nan, "error": ""}
         write_atomic(dense_path, json.dumps(_rows(evaluate_probes(tasks, None, seed=preset.seed), base), default=float))
-    jobs = [(f, t, m) for f in preset.families for t in preset.targets for m in _methods_for(preset, f)]
-    for i, (family, target, method) in enumerate(jobs, 1):
-        path = rows_dir / f"{run_name(family, target)}__{method}.json"
+    jobs = row_jobs(preset, rows_dir)
+    for i, (family, target, method, path) in enumerate(jobs, 1):
         if path.exists():
             continue
         progress(f"probe [{i}/{len(jobs)}]: {run_name(family, target)} with {method}")
@@ -127,9 +126,7 @@ def stage_probe(preset: LLMPreset, out: Path, progress: Progress, sizes: ProbeSi
             row["seconds"] = time.perf_counter() - began
         write_atomic(path, json.dumps(rows, default=float))
         progress(f"  {len(rows)} rows ({time.perf_counter() - began:.0f} s)")
-    paths = ([dense_path] if dense_path.exists() else []) + [
-        rows_dir / f"{run_name(f, t)}__{m}.json" for f, t, m in jobs
-    ]
+    paths = ([dense_path] if dense_path.exists() else []) + [path for *_, path in jobs]
     table = pd.DataFrame([row for p in paths for row in json.loads(p.read_text())])
     tmp = out / f".{PROBE}.tmp"
     table.to_parquet(tmp)

@@ -124,6 +124,13 @@ def stage_train(preset: LLMPreset, out: Path, progress: Progress) -> dict[str, A
     return info
 
 
+def row_jobs(preset: LLMPreset, rows_dir: Path) -> list[tuple[str, int, str, Path]]:
+    """Every (family, target, method) of a per-row stage (evaluate, probe) with the file its row is saved in, so a
+    rerun skips the rows already there."""
+    return [(f, t, m, rows_dir / f"{run_name(f, t)}__{m}.json")
+            for f in preset.families for t in preset.targets for m in _methods_for(preset, f)]  # fmt: skip
+
+
 def _methods_for(preset: LLMPreset, family: str) -> list[str]:
     """The evaluation methods of a family's dictionary (sparse coding has no amortised encoder for ITO to refine)."""
     return [m for m in preset.methods if not (family == "sparse_coding" and m == "ito")]
@@ -161,9 +168,8 @@ def stage_evaluate(preset: LLMPreset, out: Path, progress: Progress) -> dict[str
     held_out, _ = check_runs(runs, store, model)
     reference = None  # the clean and zero-ablated passes, computed once for every row (when a row needs them)
     rows_dir = out / "evaluate" / "rows"
-    jobs = [(f, t, m) for f in preset.families for t in preset.targets for m in _methods_for(preset, f)]
-    for i, (family, target, method) in enumerate(jobs, 1):
-        path = rows_dir / f"{run_name(family, target)}__{method}.json"
+    jobs = row_jobs(preset, rows_dir)
+    for i, (family, target, method, path) in enumerate(jobs, 1):
         if path.exists():
             continue
         progress(f"evaluate [{i}/{len(jobs)}]: {run_name(family, target)} with {method}")
@@ -187,7 +193,7 @@ def stage_evaluate(preset: LLMPreset, out: Path, progress: Progress) -> dict[str
         write_atomic(path, json.dumps(row, indent=1, default=float))
         shown = f"fvu {row['fvu']:.4f}, l0 {row['l0']:.1f}" if "fvu" in row else f"error: {row['error']}"
         progress(f"  {shown} ({row['eval_seconds']:.0f} s)")
-    rows = [json.loads((rows_dir / f"{run_name(f, t)}__{m}.json").read_text()) for f, t, m in jobs]
+    rows = [json.loads(path.read_text()) for *_, path in jobs]
     table = pd.DataFrame(rows)
     tmp = out / f".{RESULTS}.tmp"
     table.to_parquet(tmp)
