@@ -78,9 +78,9 @@ def test_detection_and_fuzzing_with_a_scripted_llm():
         if "What does the feature detect?" in text:
             return "the word fox"
         body = text.split("Text: ", 1)[1].split("\n\n")[0]
-        if "<<" in body:  # fuzzing: right only when the marked token is fox
-            return "Yes" if "<< fox>>" in body else "No"
-        return "Yes" if "fox" in body else "I cannot tell"  # unparseable counts as no
+        if "The marked token is" in text:  # detection: every window marked at its peak (this or another latent's)
+            return "Yes" if "fox" in body.split("<<", 1)[1].split(">>", 1)[0] else "I cannot tell"  # unparsed: no
+        return "Yes" if "<< fox>>" in body else "No"  # fuzzing: right only when the marked token is fox
 
     with FakeLLMServer(respond) as srv, ChatClient(LLMConfig(base_url=srv.base_url)) as client:
         rec = _record()
@@ -93,7 +93,7 @@ def test_detection_and_fuzzing_with_a_scripted_llm():
     assert (fz.balanced_accuracy, fz.n) == (1.0, 4)
     # detection questions carry the fixed worked examples as a system message (one cached prefix for all of them);
     # fuzzing and explanation requests do not
-    detect = [p for p in srv.payloads if "Does the text contain" in p["messages"][-1]["content"]]
+    detect = [p for p in srv.payloads if "The marked token is" in p["messages"][-1]["content"]]
     assert len(detect) == 5 and all(p["messages"][0]["content"] == DETECT_SYSTEM for p in detect)
     assert all(p["messages"][0]["role"] != "system" or p["messages"][0]["content"] != DETECT_SYSTEM
                for p in srv.payloads if p not in detect)  # fmt: skip

@@ -6,9 +6,14 @@ questions "yes" as there are true ones (each latent's questions are balanced by 
 accuracy and macro-F1 of the top half by P(yes), ties shared out evenly: a judge's constant bias towards "yes"
 (Qwen2.5-Coder-1.5B answers yes to almost everything with P(yes) > 0.5) then costs nothing, while a judge that
 cannot rank scores 0.5. The plain P(yes) > 0.5 balanced accuracy is kept as `balanced_accuracy_at_half`.
+
+Detection follows the study's protocol: every window is shown with its peak marked (a held-out window at this
+latent's peak, or a negative at another latent's peak where this latent is silent) and the question names the marked
+token. Asking instead whether a whole unmarked window "contains" the explanation scored planted token features at
+only 0.63 balanced accuracy (docs/llm-study.md): a 1.5B judge does not search a window for a word reliably.
 The explanation comes first so that a server's prompt cache reuses it across a latent's questions; the question
-comes last, naming the marked token again for fuzzing (small explainers judge a named token far better than a
-marker inside the text: measured in docs/interp.md)."""
+comes last, naming the marked token again (small explainers judge a named token far better than a marker inside
+the text: measured in docs/interp.md)."""
 
 from __future__ import annotations
 
@@ -25,14 +30,18 @@ from sparseinfer.interp.stats import auroc, compare
 
 __all__ = ["Score", "ask", "binary_scores", "compare", "detection", "fuzzing", "held_out", "parse_yes_no"]
 
-DETECT_SYSTEM = (  # the same for every question, so a server's prompt cache holds it once; two worked examples
-    "You check whether a short text contains what a feature description names. Answer Yes or No only.\n"
-    'Example: Feature: the word "cat". Text: the dog ran home and slept. Answer: No\n'
-    'Example: Feature: the word "cat". Text: then a cat sat on the mat. Answer: Yes\n'
-    "Example: Feature: numbers written as digits. Text: in 1984 they moved. Answer: Yes\n"
-    "Example: Feature: numbers written as digits. Text: they moved in the spring. Answer: No"
+DETECT_SYSTEM = (  # the same for every question, so a server's prompt cache holds it once; worked examples
+    "You check whether the marked token of a short text (written <<like this>>) is what a feature description "
+    "names, in its context. Answer Yes or No only.\n"
+    'Example: Feature: the word "cat". Text: then a <<cat>> sat on the mat. Marked: <<cat>>. Answer: Yes\n'
+    'Example: Feature: the word "cat". Text: the dog <<ran>> home and slept. Marked: <<ran>>. Answer: No\n'
+    "Example: Feature: numbers written as digits. Text: in <<1984>> they moved. Marked: <<1984>>. Answer: Yes\n"
+    "Example: Feature: numbers written as digits. Text: they moved in the <<spring>>. Marked: <<spring>>. Answer: No"
 )
-DETECT = "Feature: {explanation}\n\nText: {text}\n\nDoes the text contain {explanation}? Answer Yes or No."
+DETECT = (
+    "Feature: {explanation}\n\nText: {text}\n\nThe marked token is <<{token}>>. Is it {explanation}? "
+    "Answer Yes or No."
+)
 FUZZ = (
     "Feature: {explanation}\n\nText: {text}\n\nIn this text the token <<{token}>> is marked. Is the marked token "
     "{explanation}? Answer Yes or No."
@@ -122,12 +131,13 @@ def held_out(record: LatentExamples, n_explain: int, n_positives: int) -> list[E
 
 def detection(client: ChatClient, explanation: str, record: LatentExamples, n_explain: int = 10,
               n_positives: int = 10) -> Score:  # fmt: skip
-    """Detection score: held-out positives vs `record.negatives`, texts unmarked."""
+    """Detection score: held-out positives vs `record.negatives` (other latents' peaks), each peak marked and named."""
     pos, neg = held_out(record, n_explain, n_positives), record.negatives
     if not pos or not neg:
         raise SparseInferError(f"latent {record.latent} has no held-out positives or no negatives to score")
-    texts = [ex.text(None) for ex in pos + neg]
-    return _ask(client, DETECT, explanation, texts, [True] * len(pos) + [False] * len(neg))
+    windows = pos + neg
+    texts, tokens = [ex.text(("<<", ">>")) for ex in windows], [ex.tokens[ex.peak] for ex in windows]
+    return _ask(client, DETECT, explanation, texts, [True] * len(pos) + [False] * len(neg), tokens)
 
 
 def fuzzing(client: ChatClient, explanation: str, record: LatentExamples, n_explain: int = 10,
