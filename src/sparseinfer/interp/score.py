@@ -39,8 +39,7 @@ DETECT_SYSTEM = (  # the same for every question, so a server's prompt cache hol
     "Example: Feature: numbers written as digits. Text: they moved in the <<spring>>. Marked: <<spring>>. Answer: No"
 )
 DETECT = (
-    "Feature: {explanation}\n\nText: {text}\n\nThe marked token is <<{token}>>. Is it {explanation}? "
-    "Answer Yes or No."
+    "Feature: {explanation}\n\nText: {text}\n\nThe marked token is <<{token}>>. Is it {explanation}? Answer Yes or No."
 )
 FUZZ = (
     "Feature: {explanation}\n\nText: {text}\n\nIn this text the token <<{token}>> is marked. Is the marked token "
