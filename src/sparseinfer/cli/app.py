@@ -151,17 +151,29 @@ def run(
     backend: Backend = "process",
     ray_address: RayAddress = None,
 ) -> None:
-    """Run one config or a sweep (a config with `methods:`) into OUT, then write the report."""
+    """Run one config or a sweep (a config with `methods:`) into OUT, then write the report.
+
+    Every run of the grid is checked before the first starts; exit 1, with one line naming them, when runs failed."""
+    import warnings
+
     from sparseinfer.experiments.execute import execute
     from sparseinfer.experiments.report import write_report
-    from sparseinfer.experiments.runner import run_sweep
+    from sparseinfer.experiments.runner import RunFailureWarning, failure_summary, run_sweep
     from sparseinfer.experiments.sweep_config import load_runs
 
     runs = load_runs(config)
     specs = [r.spec() for r in runs]
-    run_sweep(specs, out, execute, workers=workers, resume=resume, backend=backend, ray_address=ray_address)
-    write_report(out)
-    _print_study(out)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RunFailureWarning)  # summarised in one line below
+        table = run_sweep(specs, out, execute, workers=workers, resume=resume, backend=backend,
+                          ray_address=ray_address)  # fmt: skip
+    if len(table):
+        write_report(out)
+        _print_study(out)
+    failed = table.attrs["failed_runs"]
+    if failed:
+        print(f"error: {failure_summary(failed, len(specs), out)}", file=sys.stderr)
+        raise typer.Exit(1)
 
 
 app.command("sweep", help="Run a sweep config (same as `run`): --backend ray [--address ADDR] for a Ray cluster.")(run)

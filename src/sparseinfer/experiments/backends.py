@@ -4,17 +4,24 @@ A backend is `backend(execute, pending, runs_dir, record, workers=..., address=.
 `runs_dir/<run_id>/` through `run_folder.execute_run` and calls `record(outcome)` as each finishes. `serial` runs them
 in this process, `process_pool` in "spawn" worker processes, `ray` as Ray tasks on a local or an existing cluster
 (`pip install 'sparseinfer[distributed]'`). Resume and kill-safety are the run folder's: `result.json` last.
+Every run computes on `RUN_THREADS` torch threads whatever the backend, so `workers` never changes a result (the
+thread count changes the order of floating-point reductions). Pool workers die with the process that started them
+(SIGKILL included), so a killed sweep never leaves workers running its queued runs.
 The Ray run folders must lie on a filesystem every node sees. Ray does the scheduling and retries runs whose worker
 died; a retried task first checks the completion marker, so a run that completed is never redone.
 """
 
 from __future__ import annotations
 
+import ctypes
 import multiprocessing
+import os
 import shutil
 import signal
-from collections.abc import Callable, Sequence
+import sys
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future, ProcessPoolExecutor, as_completed
+from contextlib import contextmanager
 from pathlib import Path
 from types import ModuleType
 from typing import Protocol
@@ -24,6 +31,8 @@ from sparseinfer.experiments.files import is_complete
 from sparseinfer.experiments.run_folder import Execute, Outcome, RunSpec, execute_run, record_failure
 
 Record = Callable[[Outcome], None]
+RUN_THREADS = 1  # torch threads of every run: the backends provide the parallelism
+_PR_SET_PDEATHSIG = 1  # <linux/prctl.h>
 
 
 class Backend(Protocol):
@@ -41,16 +50,44 @@ def serial(
 ) -> None:  # fmt: skip
     """Each run in this process, one after the other."""
     for spec in pending:
-        record(execute_run(execute, spec, runs_dir / spec.run_id))
+        record(run_with_fixed_threads(execute, spec, runs_dir / spec.run_id))
 
 
-def _init_worker() -> None:
-    """Pool worker set-up: one torch thread per worker (the pool provides the parallelism), and leave Ctrl-C to
-    the parent, which stops the workers itself, so a Ctrl-C does not print one traceback per worker."""
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
+@contextmanager
+def fixed_threads(threads: int = RUN_THREADS) -> Iterator[None]:
+    """Run the body on `threads` torch threads (numba's kernels follow torch's count), restoring the count after."""
     import torch
 
-    torch.set_num_threads(1)
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
+def run_with_fixed_threads(execute: Execute, spec: RunSpec, run_dir: Path) -> Outcome:
+    """`execute_run` on `RUN_THREADS` torch threads: what every backend runs, so results do not depend on it."""
+    with fixed_threads():
+        return execute_run(execute, spec, run_dir)
+
+
+def die_with_parent(parent: int) -> None:
+    """Make this process get SIGKILL when its parent dies (Linux `prctl(PR_SET_PDEATHSIG)`), and exit now if the
+    parent `parent` is already gone (it died before the request was made). Elsewhere only the check is made."""
+    if sys.platform.startswith("linux"):
+        libc = ctypes.CDLL(None, use_errno=True)
+        if libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0) != 0:
+            raise OSError(ctypes.get_errno(), "prctl(PR_SET_PDEATHSIG) failed")
+    if os.getppid() != parent:
+        os._exit(1)
+
+
+def _init_worker(parent: int) -> None:
+    """Pool worker set-up: die with the sweep's process `parent`, and leave Ctrl-C to the parent, which stops the
+    workers itself, so a Ctrl-C does not print one traceback per worker."""
+    die_with_parent(parent)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
 
 
 def _stop_pool(executor: ProcessPoolExecutor) -> None:
@@ -69,15 +106,16 @@ def process_pool(
     execute: Execute, pending: Sequence[RunSpec], runs_dir: Path, record: Record, workers: int = 1,
     address: str | None = None,
 ) -> None:  # fmt: skip
-    """Each run in a "spawn" worker process (`workers` of them, one torch thread each)."""
+    """Each run in a "spawn" worker process (`workers` of them, `RUN_THREADS` torch threads each)."""
     executor = ProcessPoolExecutor(
         max_workers=min(workers, len(pending)),
         mp_context=multiprocessing.get_context("spawn"),
         initializer=_init_worker,
+        initargs=(os.getpid(),),
     )
     try:
         futures: dict[Future, RunSpec] = {
-            executor.submit(execute_run, execute, spec, runs_dir / spec.run_id): spec for spec in pending
+            executor.submit(run_with_fixed_threads, execute, spec, runs_dir / spec.run_id): spec for spec in pending
         }
         for future in as_completed(futures):
             spec = futures[future]
@@ -102,15 +140,12 @@ def _import_ray() -> ModuleType:
 
 def _ray_run(execute: Execute, spec: RunSpec, run_dir: str) -> Outcome:
     """The body of one Ray task: idempotent, so Ray may retry it after its worker died."""
-    import torch
-
-    torch.set_num_threads(1)  # like a pool worker: the cluster provides the parallelism
     folder = Path(run_dir)
     if is_complete(folder):  # an earlier attempt finished before its worker died: keep it
         return Outcome(spec.run_id, None)
     if folder.exists():  # a killed attempt left a partial folder: start afresh
         shutil.rmtree(folder)
-    return execute_run(execute, spec, folder)
+    return run_with_fixed_threads(execute, spec, folder)
 
 
 def ray(

@@ -31,13 +31,15 @@ Rows = list[dict[str, Any]]
 
 
 def resolved_config(config: RunConfig) -> dict[str, Any]:
-    """The full config with every default filled in, plus the versions that produced the run."""
+    """The full config with every default filled in, plus the versions and the torch thread count that produced the
+    run (the count changes the order of floating-point reductions, so it is part of what makes a result)."""
     out = config.model_dump(mode="json")
     out["versions"] = {
         "sparseinfer": sparseinfer.__version__,
         "torch": str(torch.__version__),
         "python": platform.python_version(),
     }
+    out["torch_threads"] = torch.get_num_threads()
     return out
 
 

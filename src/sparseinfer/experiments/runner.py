@@ -28,7 +28,7 @@ from sparseinfer.locks import locks_folder
 
 SWEEP_FILE = "sweep.yaml"
 _RUN_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._=+-]{0,199}")
-__all__ = ["RunFailureWarning", "RunSpec", "SweepInterrupted", "run_sweep"]
+__all__ = ["RunFailureWarning", "RunSpec", "SweepInterrupted", "failure_summary", "run_sweep"]
 
 
 class SweepInterrupted(KeyboardInterrupt):
@@ -40,6 +40,17 @@ class SweepInterrupted(KeyboardInterrupt):
 class RunFailureWarning(UserWarning):
     """Issued by `run_sweep` when some runs raised: how many, and the first message. Their tracebacks are in
     `runs/<run_id>/error.txt`; a resumed sweep retries them."""
+
+
+def failure_summary(failures: Mapping[str, str], total: int, out_dir: Path, names: int = 5) -> str:
+    """One line on the failed runs of a sweep: how many, which (the first `names` ids), where the tracebacks are,
+    and the first failure's message."""
+    ids = list(failures)
+    shown = ", ".join(ids[:names]) + (f" and {len(ids) - names} more" if len(ids) > names else "")
+    return (
+        f"{len(ids)} of {total} run(s) failed: {shown} (tracebacks in {Path(out_dir) / RUNS_DIR}/<run_id>/"
+        f"{ERROR_FILE}; --resume retries them); first: {ids[0]}: {failures[ids[0]]}"
+    )
 
 
 def _check_specs(specs: Sequence[RunSpec]) -> None:
@@ -154,10 +165,12 @@ def run_sweep(
     `execute(config, run_dir)` does one run: it writes its own files into `run_dir` and returns a dict of results;
     the runner adds `wall_time_s` and `run_id` and writes `result.json`, the completion marker. A run that raises
     gets `error.txt` (its traceback), the others go on, and a `RunFailureWarning` reports the failures at the end
-    (also in `df.attrs["failed_runs"]`); the table holds the successful runs. With `resume=True`, complete runs
-    are skipped and incomplete or failed ones are wiped and redone; without it, an `out_dir` that already holds
-    runs is refused. `workers > 1` runs in a "spawn" process pool (`execute` must then be a top-level function),
-    one torch thread per worker. Ctrl-C cancels pending runs, stops the workers and raises `SweepInterrupted`.
+    (also in `df.attrs["failed_runs"]`: run id -> one-line reason); the table holds the successful runs. With
+    `resume=True`, complete runs are skipped and incomplete or failed ones are wiped and redone; without it, an
+    `out_dir` that already holds runs is refused. `workers > 1` runs in a "spawn" process pool (`execute` must then
+    be a top-level function) whose workers die with this process. Every run, in a worker or here, computes on
+    `backends.RUN_THREADS` torch threads, so `workers` does not change results. Ctrl-C cancels pending runs, stops
+    the workers and raises `SweepInterrupted`.
     `backend="ray"` runs each spec as a Ray task instead (`experiments.backends`): on the cluster at
     `ray_address`, or on a local one with `workers` CPUs; same folders, same resume and kill-safety.
     """
@@ -214,11 +227,5 @@ def run_sweep(
     table = gather_results(out_dir)
     table.attrs["failed_runs"] = failures
     if failures:
-        first_id, first_message = next(iter(failures.items()))
-        warnings.warn(
-            f"{len(failures)} of {len(specs)} run(s) failed (tracebacks in {runs_dir}/<run_id>/{ERROR_FILE}; "
-            f"--resume retries them); first: {first_id}: {first_message}",
-            RunFailureWarning,
-            stacklevel=2,
-        )
+        warnings.warn(failure_summary(failures, len(specs), out_dir), RunFailureWarning, stacklevel=2)
     return table

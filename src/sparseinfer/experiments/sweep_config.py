@@ -1,7 +1,8 @@
 """Declarative experiments: a run is a `RunConfig`; a sweep is a base config plus a grid, expanded into runs.
 
 Both are plain YAML validated by pydantic, so unknown keys, wrong types and impossible values fail with a message
-that names the key.
+that names the key. A sweep's whole grid is checked before any run starts (`check_runnable`: also what only an
+encoder's constructor or the memory guard would refuse), and the error names the grid entry.
 """
 
 from __future__ import annotations
@@ -12,13 +13,15 @@ import json
 from pathlib import Path
 from typing import Any, Literal
 
+import torch
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from sparseinfer.data.synthetic import SyntheticConfig
-from sparseinfer.encoders.base import validate_hyperparameters
+from sparseinfer.encoders.base import create, validate_hyperparameters
 from sparseinfer.errors import SparseInferError
 from sparseinfer.experiments.runner import RunSpec
+from sparseinfer.memory import check_synthetic_memory
 from sparseinfer.training.config import TrainConfig
 
 Setting = Literal["known_codes", "known_dictionary", "learn_both"]
@@ -104,17 +107,25 @@ class SweepConfig(_Strict):
     seeds: list[int] = Field(default_factory=lambda: [0])
 
     def expand(self) -> list[RunConfig]:
-        """Every combination, validated; duplicated runs (same resolved config) are kept once."""
+        """Every combination, validated and checked runnable before any run starts (the first bad one is refused,
+        named by its method entry, grid values and seed); duplicated runs (same resolved config) are kept once."""
         axes = list(self.grid.items())
         runs: dict[str, RunConfig] = {}
-        for method in self.methods:
+        for index, method in enumerate(self.methods):
             for values in itertools.product(*(v for _, v in axes)):
                 for seed in self.seeds:
                     raw = deep_merge(self.base, method)
                     for (key, _), value in zip(axes, values, strict=True):
                         raw = deep_merge(raw, dotted(key, value))
                     raw["seed"] = seed
-                    run = parse_run(raw)
+                    try:
+                        run = parse_run(raw)
+                        check_runnable(run)
+                    except SparseInferError as err:
+                        grid = "".join(f", {key}={value!r}" for (key, _), value in zip(axes, values, strict=True))
+                        entry = f"methods[{index}] (method {raw.get('method')!r}{grid}, seed {seed})"
+                        reason = str(err).removeprefix("invalid run config: ")
+                        raise SparseInferError(f"invalid sweep entry {entry}: {reason}") from None
                     runs.setdefault(run.run_id(), run)
         return list(runs.values())
 
@@ -159,6 +170,23 @@ def parse_run(raw: dict[str, Any]) -> RunConfig:
         raise _explain(err, "run config") from None
 
 
+def check_runnable(run: RunConfig) -> None:
+    """Refuse now what the run would only refuse once started: its encoder is built on the meta device (no memory;
+    the constructor checks its hyperparameters against the sizes, e.g. k <= N) and its synthetic data is checked
+    against the memory available."""
+    d = run.data
+    check_synthetic_memory(d.n_train + d.n_test, d.n_latents, d.dim, d.torch_dtype)
+    if run.kind != "encoder" or run.encoder is None:
+        return
+    try:
+        with torch.device("meta"):
+            create(run.encoder.name, dim=d.dim, n_latents=d.n_latents, **run.encoder.params)
+    except SparseInferError as err:
+        raise SparseInferError(f"invalid run config: encoder: {err}") from None
+    except Exception:  # a constructor that cannot run on the meta device: the run itself builds it for real
+        pass
+
+
 def parse_sweep(raw: dict[str, Any]) -> SweepConfig:
     """Validate a sweep config dict; one-line error naming the offending key."""
     try:
@@ -184,4 +212,8 @@ def load_yaml(path: str | Path) -> dict[str, Any]:
 def load_runs(path: str | Path) -> list[RunConfig]:
     """A YAML file holding either one run or a sweep (`methods:` key) -> the runs it describes."""
     raw = load_yaml(path)
-    return parse_sweep(raw).expand() if "methods" in raw else [parse_run(raw)]
+    if "methods" in raw:
+        return parse_sweep(raw).expand()
+    run = parse_run(raw)
+    check_runnable(run)
+    return [run]
