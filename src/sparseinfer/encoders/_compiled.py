@@ -90,6 +90,50 @@ def _chol_append(chol: Any, gram: Any, index: Any, t: int, j: int) -> float:
     return diag
 
 
+@numba.njit(cache=True, fastmath=True)
+def _argmax_abs(alpha: Any) -> tuple[int, float]:
+    """First index of the largest |alpha| and that value: a vectorised max, then a scan for its first place."""
+    best = abs(alpha[0])
+    for a in range(1, alpha.shape[0]):
+        v = abs(alpha[a])
+        if v > best:
+            best = v
+    for a in range(alpha.shape[0]):
+        if abs(alpha[a]) == best:
+            return a, float(best)
+    return 0, float(best)
+
+
+@numba.njit(cache=True, fastmath=True)
+def _orthogonal_row(gram_row: Any, basis: Any, coef: Any, t: int, alpha: Any) -> None:
+    """basis[t] = (gram_row - coef[:t] basis[:t]) * coef[t], then alpha -= coef[-1] basis[t], vectorised in the
+    storage dtype (coef holds the scalars in that dtype too, so nothing is promoted to float64).
+
+    Four earlier rows per pass, so the new row is loaded and stored t / 4 times instead of t.
+    """
+    row = basis[t]
+    inverse, z = coef[t], coef[coef.shape[0] - 1]
+    n = row.shape[0]
+    for a in range(n):
+        row[a] = gram_row[a]
+    s = 0
+    while s + 4 <= t:
+        b0, b1, b2, b3 = basis[s], basis[s + 1], basis[s + 2], basis[s + 3]
+        c0, c1, c2, c3 = coef[s], coef[s + 1], coef[s + 2], coef[s + 3]
+        for a in range(n):
+            row[a] -= c0 * b0[a] + c1 * b1[a] + c2 * b2[a] + c3 * b3[a]
+        s += 4
+    while s < t:
+        b0, c0 = basis[s], coef[s]
+        for a in range(n):
+            row[a] -= c0 * b0[a]
+        s += 1
+    for a in range(n):
+        v = row[a] * inverse
+        row[a] = v
+        alpha[a] -= z * v
+
+
 @numba.njit(parallel=True, cache=True)
 def batch_omp(
     gram: Any,
@@ -99,7 +143,6 @@ def batch_omp(
     xnorm2: Any,
     k: int,
     tol: float,
-    nonneg_pick: bool,
     index_out: Any,
     value_out: Any,
     steps_out: Any,
@@ -107,87 +150,75 @@ def batch_omp(
     change_out: Any,
     residual_out: Any,
 ) -> None:
-    """OMP per signal from the Gram (Rubinstein et al.'s Batch-OMP): alpha = b - G_I gamma after each refit.
+    """OMP per signal from the Gram (Batch-OMP, Rubinstein et al. 2008, in its orthogonalised form).
+
+    With L the Cholesky factor of the support's Gram (float64, grown by one exact row per step) and q_s the
+    orthonormal directions it defines, the scores alpha = D r obey alpha <- alpha - z_t (D q_t), where
+    D q_t = (G_j - sum_s L[t, s] D q_s) / L[t, t] and z = L^{-1} b_I: one row of N per step, built from the
+    signal's earlier rows (kept in scratch, storage dtype) and one Gram row, instead of all t Gram rows of the
+    support. Codes come from L^T gamma = z at the end (per step only when tol > 0).
 
     A signal stops after k atoms, when its squared residual is <= tol (tol > 0: computed explicitly from x and the
-    support's atoms, O(M t), since ||x||^2 - gamma . b_I cancels below the dtype's precision), when no atom has a
-    positive score, or when the picked atom lies (numerically) in its support's span.
+    support's atoms, O(M t), since ||x||^2 - |z|^2 cancels below the dtype's precision), when no atom has a
+    nonzero score (selected atoms' scores are set to 0), or when the picked atom lies (numerically) in its
+    support's span.
     """
     batch, n = b.shape
     eps = np.finfo(b.dtype).eps
     for block in numba.prange((batch + BLOCK - 1) // BLOCK):  # scratch allocated once per block of signals
         alpha = np.empty(n, dtype=b.dtype)
-        selected = np.zeros(n, dtype=np.bool_)
+        basis = np.empty((k, n), dtype=b.dtype)
+        coef = np.empty(k + 1, dtype=b.dtype)  # a row of L, 1 / its diagonal; the last slot: z_t
         chol = np.zeros((k, k))
+        z = np.zeros(k)
         gamma = np.zeros(k)
         previous = np.zeros(k)
-        rhs = np.zeros(k)
         for i in range(block * BLOCK, min(batch, (block + 1) * BLOCK)):
-            _omp_one(
-                gram,
-                b,
-                x,
-                atoms,
-                xnorm2,
-                k,
-                tol,
-                nonneg_pick,
-                eps,
-                i,
-                alpha,
-                selected,
-                chol,
-                gamma,
-                previous,
-                rhs,
-                index_out,
-                value_out,
-                steps_out,
-                size_out,
-                change_out,
-                residual_out,
-            )
+            _omp_one(gram, b, x, atoms, xnorm2, k, tol, eps, i, alpha, basis, coef, chol, z, gamma, previous,
+                     index_out, value_out, steps_out, size_out, change_out, residual_out)  # fmt: skip
 
 
 @numba.njit(cache=True)
-def _omp_one(gram, b, x, atoms, xnorm2, k, tol, nonneg_pick, eps, i, alpha, selected, chol, gamma, previous, rhs,
+def _back_solve(chol: Any, z: Any, t: int, out: Any) -> None:
+    """out[:t] = L^{-T} z[:t] for the lower factor chol[:t, :t]."""
+    for s in range(t - 1, -1, -1):
+        v = z[s]
+        for q in range(s + 1, t):
+            v -= chol[q, s] * out[q]
+        out[s] = v / chol[s, s]
+
+
+@numba.njit(cache=True)
+def _omp_one(gram, b, x, atoms, xnorm2, k, tol, eps, i, alpha, basis, coef, chol, z, gamma, previous,
              index_out, value_out, steps_out, size_out, change_out, residual_out):  # fmt: skip
     """`batch_omp` on signal i, in the given scratch arrays."""
-    n = b.shape[1]
     alpha[:] = b[i]
-    gamma[:] = 0.0
     index = index_out[i]
     err = float(xnorm2[i])
-    steps, size, change = 0, 0, 0.0
+    steps, size = 0, 0
     if err > tol:
         for t in range(k):
             steps += 1
-            change = 0.0
-            j, best = _pick(alpha, selected, nonneg_pick)
+            j, best = _argmax_abs(alpha)
             if not best > 0:
                 break
             diag = _chol_append(chol, gram, index, t, j)
             if not diag > 100 * eps * gram[j, j]:
                 break
             chol[t, t] = math.sqrt(diag)
+            v = float(b[i, j])
+            for s in range(t):
+                v -= chol[t, s] * z[s]
+                coef[s] = chol[t, s]
+            z[t] = v / chol[t, t]
+            coef[t], coef[k] = 1.0 / chol[t, t], z[t]
             index[t] = j
-            selected[j] = True
-            rhs[t] = b[i, j]
             size = t + 1
-            previous[:size] = gamma[:size]
-            _chol_solve(chol, rhs, size, gamma)
-            num, den = 0.0, 0.0
+            _orthogonal_row(gram[j], basis, coef, t, alpha)
             for s in range(size):
-                num += (gamma[s] - previous[s]) ** 2
-                den += gamma[s] ** 2
-            change = math.sqrt(num) / max(math.sqrt(den), 1e-300)
-            alpha[:] = b[i]
-            for s in range(size):
-                row = gram[index[s]]
-                g = gamma[s]
-                for a in range(n):
-                    alpha[a] -= g * row[a]
+                alpha[index[s]] = 0.0
             if tol > 0:
+                _back_solve(chol, z, size, gamma)
                 err = 0.0
                 for q in range(x.shape[1]):
                     r = float(x[i, q])
@@ -196,9 +227,19 @@ def _omp_one(gram, b, x, atoms, xnorm2, k, tol, nonneg_pick, eps, i, alpha, sele
                     err += r * r
                 if err <= tol:
                     break
+    change = 0.0
+    if size:
+        _back_solve(chol, z, size, gamma)
+        if steps == size:  # the last step added an atom: its relative change of the codes
+            _back_solve(chol, z, size - 1, previous)
+            num, den = gamma[size - 1] ** 2, 0.0
+            for s in range(size):
+                den += gamma[s] ** 2
+                if s < size - 1:
+                    num += (gamma[s] - previous[s]) ** 2
+            change = math.sqrt(num) / max(math.sqrt(den), 1e-300)
     for s in range(size):
         value_out[i, s] = gamma[s]
-        selected[index[s]] = False
     steps_out[i] = steps
     size_out[i] = size
     change_out[i] = change
