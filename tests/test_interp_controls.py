@@ -106,4 +106,19 @@ def test_planted_high_and_shuffled_at_chance(store, tmp_path, monkeypatch):
     summary = pd.read_parquet(tmp_path / "out" / CONTROLS_SUMMARY).set_index(["control", "metric"])
     assert summary.loc[("planted", "detection_bacc"), "ci_low"] == 1.0
     low, high = summary.loc[("shuffled", "detection_bacc"), ["ci_low", "ci_high"]]
-    assert low < shuffled.detection_bacc.mean() < high
+    assert low <= shuffled.detection_bacc.mean() <= high  # exactly chance once negatives are neutral
+
+
+def test_shuffled_control_drops_negatives_at_the_borrowed_feature() -> None:
+    """A latent scored under the explanation of planted "commas" keeps no negative whose marked token is a comma
+    (the judge would rightly call it "yes"); other negatives and the positives stay; a name that is not planted
+    leaves the record as it is."""
+    from sparseinfer.interp.controls import neutral_negatives
+    from sparseinfer.interp.examples import Example, LatentExamples
+
+    comma = Example([" a", ",", " b"], [0.0, 1.0, 0.0], 1, 0, 1)
+    word = Example([" a", " the", " b"], [0.0, 1.0, 0.0], 1, 1, 1)
+    record = LatentExamples(3, 5, 0.1, 1.0, [word], [word], [comma, word], ([1], [0.0, 1.0]))
+    kept = neutral_negatives(record, "commas")
+    assert kept.negatives == [word] and kept.top == [word] and record.negatives == [comma, word]
+    assert neutral_negatives(record, "no such feature") is record

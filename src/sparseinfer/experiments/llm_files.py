@@ -14,7 +14,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-STAGES = ("data", "train", "evaluate", "interp", "report")
+STAGES = ("data", "train", "evaluate", "probe", "interp", "report")
 
 
 def write_atomic(path: Path, text: str) -> None:

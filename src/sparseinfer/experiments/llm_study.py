@@ -10,9 +10,11 @@ checkpoints, evaluation per row, interpretation per latent):
 3. `evaluate`: for every learned dictionary, its own encoder, ITO warm-started from it, FISTA and OMP, calibrated
    to the dictionary's target L0 on held-out tokens; FVU, CE loss recovered, KL, dead / dense fractions, inference
    FLOPs per token, training FLOPs -> `results.parquet` (one row per dictionary x method x target);
-4. `interp`: automated interpretability of random live latents of each family's dictionary (and the pipeline's
+4. `probe`: sparse probing (k-sparse logistic probes on labels of the held-out text) and first-letter feature
+   absorption of every row, at the same calibrated L0 -> `probe.parquet` (`experiments/llm_probe.py`);
+5. `interp`: automated interpretability of random live latents of each family's dictionary (and the pipeline's
    controls where available) -> `interp/`;
-5. `report`: `report.md` and the frontier figures, read only from the files above.
+6. `report`: `report.md` and the frontier figures, read only from the files above.
 
 `config.yaml` holds the resolved preset, its seed and the package versions.
 """
@@ -201,6 +203,13 @@ def stage_evaluate(preset: LLMPreset, out: Path, progress: Progress) -> dict[str
     return {"rows": len(table), "errors": int((table["error"] != "").sum())}
 
 
+def _stage_probe(preset: LLMPreset, out: Path, progress: Progress) -> dict[str, Any]:
+    """Sparse probing and feature absorption of every row (`experiments/llm_probe.py`)."""
+    from sparseinfer.experiments.llm_probe import stage_probe
+
+    return stage_probe(preset, out, progress)
+
+
 def _llm_clients(preset: LLMPreset, out: Path, base_url: str | None, stack: contextlib.ExitStack,
                  progress: Progress = lambda s: None) -> list[Any]:  # fmt: skip
     """Chat clients on `base_url` (`llm_servers` of them, for parallel requests), or on `llm_servers` local
@@ -282,6 +291,7 @@ def run_llm_study(
         "data": lambda: stage_data(preset, out, progress),
         "train": lambda: stage_train(preset, out, progress),
         "evaluate": lambda: stage_evaluate(preset, out, progress),
+        "probe": lambda: _stage_probe(preset, out, progress),
         "interp": lambda: stage_interp(preset, out, progress, base_url),
         "report": lambda: {"report": str(write_llm_report(out))},
     }

@@ -26,7 +26,7 @@ import pandas as pd
 from sparseinfer.data.store import ActivationStore
 from sparseinfer.errors import SparseInferError
 from sparseinfer.interp.client import ChatClient, map_latents
-from sparseinfer.interp.controls import control_summary, planted_examples, shuffle_order
+from sparseinfer.interp.controls import control_summary, neutral_negatives, planted_examples, shuffle_order
 from sparseinfer.interp.embedding import Embedder, load_embedder
 from sparseinfer.interp.examples import (
     CodeCache,
@@ -203,7 +203,8 @@ def run_controls(store: ActivationStore, out: Path, client: ChatClient | list[Ch
     own = {r["latent"]: r["explanation"] for r in rows if r["control"] == "planted"}
 
     def shuffled(llm: ChatClient, i: int) -> dict[str, Any]:  # latent i scored under latent source[i]'s explanation
-        row = score_latent(llm, records[i], config, embed, explanation=own[records[int(source[i])].latent],
+        record = neutral_negatives(records[i], names[int(source[i])])
+        row = score_latent(llm, record, config, embed, explanation=own[records[int(source[i])].latent],
                            fuzz=config.fuzz and config.shuffled_fuzz)  # fmt: skip
         return row | {"explanation_of": names[int(source[i])]}
 
