@@ -90,18 +90,41 @@ def _chol_append(chol: Any, gram: Any, index: Any, t: int, j: int) -> float:
     return diag
 
 
+def abs_mask(dtype: np.dtype) -> np.ndarray:
+    """The integer mask that clears a float's sign bit, as a one-element array of the float's width.
+
+    The bits of |v| read as an integer order like |v| (finite values), and integer max reductions vectorise where
+    float ones, in numba, do not (measured: 0.088 s against 0.008 s for 160,000 maxima over 1,024 float32s).
+    """
+    width = np.dtype(dtype).itemsize * 8
+    return np.array([(1 << (width - 1)) - 1], dtype=np.int32 if width == 32 else np.int64)
+
+
 @numba.njit(cache=True, fastmath=True)
-def _argmax_abs(alpha: Any) -> tuple[int, float]:
-    """First index of the largest |alpha| and that value: a vectorised max, then a scan for its first place."""
-    best = abs(alpha[0])
-    for a in range(1, alpha.shape[0]):
-        v = abs(alpha[a])
-        if v > best:
-            best = v
-    for a in range(alpha.shape[0]):
-        if abs(alpha[a]) == best:
-            return a, float(best)
-    return 0, float(best)
+def _argmax_abs(alpha: Any, mask: Any) -> tuple[int, int]:
+    """First index of the largest |alpha| and the bits of that |alpha| (0: all scores are 0).
+
+    A vectorised integer max over the sign-cleared bits, then a search for its first place, 128 entries per pass.
+    """
+    bits = alpha.view(mask.dtype)
+    m = mask[0]
+    n = bits.shape[0]
+    best = m & 0
+    for a in range(n):
+        v = bits[a] & m
+        best = v if v > best else best
+    c = 0
+    while c + 128 <= n:
+        hit = 0
+        for a in range(c, c + 128):
+            hit += (bits[a] & m) == best
+        if hit:
+            break
+        c += 128
+    for a in range(c, n):
+        if (bits[a] & m) == best:
+            return a, best
+    return 0, best
 
 
 @numba.njit(cache=True, fastmath=True)
@@ -143,6 +166,7 @@ def batch_omp(
     xnorm2: Any,
     k: int,
     tol: float,
+    mask: Any,
     index_out: Any,
     value_out: Any,
     steps_out: Any,
@@ -160,8 +184,8 @@ def batch_omp(
 
     A signal stops after k atoms, when its squared residual is <= tol (tol > 0: computed explicitly from x and the
     support's atoms, O(M t), since ||x||^2 - |z|^2 cancels below the dtype's precision), when no atom has a
-    nonzero score (selected atoms' scores are set to 0), or when the picked atom lies (numerically) in its
-    support's span.
+    nonzero score (selected atoms' scores are set to 0; `mask` is `abs_mask(b.dtype)`), or when the picked atom
+    lies (numerically) in its support's span.
     """
     batch, n = b.shape
     eps = np.finfo(b.dtype).eps
@@ -174,7 +198,7 @@ def batch_omp(
         gamma = np.zeros(k)
         previous = np.zeros(k)
         for i in range(block * BLOCK, min(batch, (block + 1) * BLOCK)):
-            _omp_one(gram, b, x, atoms, xnorm2, k, tol, eps, i, alpha, basis, coef, chol, z, gamma, previous,
+            _omp_one(gram, b, x, atoms, xnorm2, k, tol, mask, eps, i, alpha, basis, coef, chol, z, gamma, previous,
                      index_out, value_out, steps_out, size_out, change_out, residual_out)  # fmt: skip
 
 
@@ -189,7 +213,7 @@ def _back_solve(chol: Any, z: Any, t: int, out: Any) -> None:
 
 
 @numba.njit(cache=True)
-def _omp_one(gram, b, x, atoms, xnorm2, k, tol, eps, i, alpha, basis, coef, chol, z, gamma, previous,
+def _omp_one(gram, b, x, atoms, xnorm2, k, tol, mask, eps, i, alpha, basis, coef, chol, z, gamma, previous,
              index_out, value_out, steps_out, size_out, change_out, residual_out):  # fmt: skip
     """`batch_omp` on signal i, in the given scratch arrays."""
     alpha[:] = b[i]
@@ -199,8 +223,8 @@ def _omp_one(gram, b, x, atoms, xnorm2, k, tol, eps, i, alpha, basis, coef, chol
     if err > tol:
         for t in range(k):
             steps += 1
-            j, best = _argmax_abs(alpha)
-            if not best > 0:
+            j, best = _argmax_abs(alpha, mask)
+            if best == 0:
                 break
             diag = _chol_append(chol, gram, index, t, j)
             if not diag > 100 * eps * gram[j, j]:
