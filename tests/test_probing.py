@@ -126,3 +126,98 @@ def test_report_lines_and_cli_table(tmp_path) -> None:
     console.print(probe_table(frame.assign(run=frame["run"])))
     text = console.export_text()
     assert "brown_genre k=1" in text and "0.125 [0.000, 0.250]" in text and "brown_genre k=576" in text
+
+
+# ------------------------------------------------------------------------------ end to end on a tiny model
+WORDS = "the quick brown fox , jumps over a lazy dog . to be or not to be , that is the question of gold".split()
+
+
+@pytest.fixture(scope="module")
+def micro_study(tmp_path_factory):
+    """The micro study (tiny random model, 20 small documents) run through its evaluate stage."""
+    from sparseinfer.experiments.llm_presets import get_preset
+    from sparseinfer.experiments.llm_study import run_llm_study
+    from sparseinfer.lm.tiny import build_tiny_model
+
+    root = tmp_path_factory.mktemp("probe")
+    docs = root / "docs"
+    docs.mkdir()
+    for i in range(20):
+        (docs / f"doc{i:02d}.txt").write_text(" ".join(WORDS[(i * 7 + j * (i % 5 + 1)) % len(WORDS)]
+                                                       for j in range(160)) + ".")  # fmt: skip
+    preset = get_preset("micro", model=str(build_tiny_model(root / "model")), text=str(docs), hook="resid_pre.2")
+    run_llm_study(preset, root / "study", stop_after="evaluate")
+    return preset, root / "study"
+
+
+def test_stage_probe_end_to_end_and_resume(micro_study) -> None:
+    from sparseinfer.experiments.llm_probe import PROBE, probe_report_lines, stage_probe
+    from sparseinfer.experiments.llm_study import row_jobs
+
+    preset, out = micro_study
+    lines: list[str] = []
+    summary = stage_probe(preset, out, lines.append)
+    table = pd.read_parquet(out / PROBE)
+    jobs = row_jobs(preset, out / "probe" / "rows")
+    assert summary["rows"] == len(table) and summary["tokens_per_row"] > 0 and "brown_pos" in summary["tasks"]
+    evaluated = pd.read_parquet(out / "results.parquet")
+    assert summary["reused_calibrations"] == len(jobs) - (evaluated["error"] != "").sum()  # no second bisection
+    done = table[table["error"] == ""]
+    assert set(done["method"]) >= {"dense", "own", "omp"}
+    for method, rows in done.groupby("method"):  # every method: accuracy per task and k, absorption with intervals
+        assert {"accuracy"} <= set(rows["metric"]), method
+        acc = rows[rows["metric"] == "accuracy"]
+        assert ((acc["value"] >= 0) & (acc["value"] <= 1)).all() and (acc["ci_low"] <= acc["ci_high"]).all()
+        if method != "dense":
+            assert {"absorption_rate", "absorption_fraction"} <= set(rows["metric"]), method
+    assert probe_report_lines(out)[0].startswith("## Sparse probing")
+    # resume: only the row whose file is gone is computed again
+    jobs[1][3].unlink()
+    again: list[str] = []
+    stage_probe(preset, out, again.append)
+    assert [line for line in again if line.startswith("probe [")] == [line for line in lines if
+                                                                      line.startswith("probe [2/")]  # fmt: skip
+    assert len(pd.read_parquet(out / PROBE)) == len(table)
+
+
+def test_rebuilt_method_matches_the_evaluate_calibration(micro_study) -> None:
+    """`calibrated_method` rebuilds the encoder the evaluate stage calibrated: its L0 on the calibration signals is
+    the one the evaluate row recorded."""
+    from sparseinfer.data.store import ActivationStore
+    from sparseinfer.evaluation.runs import calibration_signals
+    from sparseinfer.experiments.llm_probe import calibrated_method
+    from sparseinfer.training.activations.train import load_run
+
+    preset, out = micro_study
+    rows = pd.read_parquet(out / "results.parquet")
+    rows = rows[(rows["error"] == "") & (rows["method"] != "own") | (rows["dictionary"] == "sparse_coding")]
+    rows = rows[rows["error"] == ""]
+    assert len(rows)
+    store = ActivationStore.open(out / "data" / "test")
+    for row in rows.to_dict("records"):
+        encoder, dictionary, info = load_run(out / "train" / row["run"], preset.device)
+        x = calibration_signals(store, info["scale"], preset.calibration_tokens)
+        chosen = calibrated_method(row["method"], row["dictionary"], encoder, dictionary, row, preset)
+        with torch.no_grad():
+            from sparseinfer.codes import as_dense
+
+            l0 = float((as_dense(chosen(x, dictionary)) != 0).sum(dim=1).double().mean())
+        assert l0 == pytest.approx(row["calibrated_l0"], rel=1e-6, abs=1e-6), (row["run"], row["method"])
+
+
+def test_cli_evaluate_probe_absorption(micro_study, tmp_path) -> None:
+    from typer.testing import CliRunner
+
+    from sparseinfer.cli.app import app
+
+    _, out = micro_study
+    args = ["evaluate", str(out / "train" / "topk-l0_2"), "--store", str(out / "data" / "test"), "--tokens", "64",
+            "--contexts", "0", "--out", str(tmp_path), "--probe", "--absorption", "--probe-docs", "150", "0",
+            "--probe-tokens", "8", "--letter-tokens", "64"]  # fmt: skip
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 0, result.output
+    table = pd.read_parquet(tmp_path / "probe.parquet")
+    assert {"dense", "topk"} <= set(table["encoder"]) and "absorption_rate" in set(table["metric"])
+    assert "brown_pos" in set(table["task"]) and (table.loc[table["metric"] == "accuracy", "k"] == 1).any()
+    bad = CliRunner().invoke(app, [*args[:8], "--out", str(tmp_path / "b"), "--probe", "--probe-docs", "2", "0"])
+    assert isinstance(bad.exception, SparseInferError) and "enough documents" in str(bad.exception)  # CLI: exit 2

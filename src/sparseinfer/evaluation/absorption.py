@@ -196,6 +196,19 @@ class AbsorptionResult:
         """Mean over letters of the absorption fraction."""
         return float(self.letters["absorption_fraction"].mean()) if len(self.letters) else float("nan")
 
+    def long_rows(self, base: dict[str, Any]) -> list[dict[str, Any]]:
+        """Long-format result rows (`base` + task first_letter, k 0, metric, value, ci_low, ci_high, n, letters):
+        full-absorption rate and mean absorption fraction over the evaluated tokens, with bootstrap intervals."""
+        from sparseinfer.evaluation.probing import interval
+
+        rows = []
+        for metric, values in (("absorption_rate", self.full.astype(float)), ("absorption_fraction", self.fraction)):
+            low, high = interval(values) if len(values) else (float("nan"), float("nan"))
+            value = float(values.mean()) if len(values) else float("nan")
+            rows.append(base | {"task": "first_letter", "k": 0, "metric": metric, "value": value, "ci_low": low,
+                                "ci_high": high, "n": len(values), "letters": len(self.letters)})  # fmt: skip
+        return rows
+
 
 def encode(encoder: Encoder, dictionary: Dictionary, x: Tensor, scale: float, batch_size: int = 1024) -> np.ndarray:
     """Dense float64 codes of raw activations `x` (scaled by `scale` as the encoder's inputs)."""

@@ -12,6 +12,10 @@ per class and pooled over the classes' test examples, with a bootstrap 95% inter
 Codes come from any encoder on a dictionary (the SAE's own or a refined inference); the dense-activation probe
 (all dimensions, and the same k-sparse selection over raw dimensions) is the ceiling.
 
+SOTU addresses are labelled by 50-year period ("1850-1899"): a decade holds about ten addresses, too few for a
+class with `MIN_PER_CLASS` test documents. A token task may share its document task's activations (`x`, example
+-1 for a token outside every example), so the codes of those tokens are computed once (`evaluate_probes`).
+
 Part-of-speech alignment (`brown_tasks`): the document text is rebuilt from the tagged words exactly as
 `lm.corpora.brown_text` does, each word's character span is found in order, and a model token takes the (coarse)
 tag of the word that contains its first non-space character; tokens outside every word are not labelled.
@@ -37,6 +41,7 @@ from sparseinfer.errors import SparseInferError
 from sparseinfer.lm.hooks import HookPoint, capture
 
 KS = (1, 2, 5, 20)
+SOTU_PERIOD = 50  # years per SOTU label
 N_BOOT = 1000
 MIN_PER_CLASS = 4  # a class needs this many examples in train and in test to become a binary task
 COARSE_POS = (("np", "proper_noun"), ("nn", "noun"), ("vb", "verb"), ("be", "verb"), ("hv", "verb"),
@@ -47,8 +52,8 @@ COARSE_POS = (("np", "proper_noun"), ("nn", "noun"), ("vb", "verb"), ("be", "ver
 
 @dataclass
 class ProbeTask:
-    """Per-token activations `x` (tokens, dim), `example` (tokens,) the example of each token, one label per
-    example and whether each example is in the train split; `pooled`: document labels (mean over tokens)."""
+    """Per-token activations `x` (tokens, dim), `example` (tokens,) the example of each token (-1: none), one label
+    per example and whether each example is in the train split; `pooled`: document labels (mean over tokens)."""
 
     name: str
     x: Tensor
@@ -62,14 +67,23 @@ class ProbeTask:
             raise SparseInferError(f"task {self.name}: need one example index per activation row")
         if len(self.labels) != len(self.train) or len(self.labels) == 0:
             raise SparseInferError(f"task {self.name}: need one label and one split flag per example")
-        if self.example.min() < 0 or self.example.max() >= len(self.labels):
+        if len(self.example) and (self.example.min() < -1 or self.example.max() >= len(self.labels)):
             raise SparseInferError(f"task {self.name}: an example index is out of range")
+        tokens = np.sort(self.example[self.example >= 0])
+        if not self.pooled and not np.array_equal(tokens, np.arange(len(self.labels))):
+            raise SparseInferError(f"task {self.name}: a token task needs exactly one token per example")
 
     def features(self, values: np.ndarray) -> np.ndarray:
-        """Per-example features from per-token `values` (tokens, F): the mean over each example's tokens."""
+        """Per-example features from per-token `values` (tokens, F): the mean over each example's tokens (pooled),
+        else each example's one token."""
+        keep = self.example >= 0
+        if not self.pooled:
+            out = np.empty((len(self.labels), values.shape[1]), dtype=values.dtype)
+            out[self.example[keep]] = values[keep]
+            return out
         sums = np.zeros((len(self.labels), values.shape[1]))
-        np.add.at(sums, self.example, values)
-        counts = np.bincount(self.example, minlength=len(self.labels))[:, None]
+        np.add.at(sums, self.example[keep], values[keep])
+        counts = np.bincount(self.example[keep], minlength=len(self.labels))[:, None]
         return sums / np.maximum(counts, 1)
 
 
@@ -121,7 +135,7 @@ def probe_rows(task: ProbeTask, values: np.ndarray, ks: Sequence[int] = KS, max_
                seed: int = 0) -> pd.DataFrame:  # fmt: skip
     """Held-out accuracy per class and pooled (`class` = "all", with a bootstrap interval) for each k, from
     per-token `values` (tokens, F): codes or raw activations."""
-    features = task.features(values) if task.pooled else values[np.argsort(task.example)]
+    features = task.features(values)
     classes = binary_classes(task, max_classes)
     if not classes:
         raise SparseInferError(f"task {task.name}: no class has {MIN_PER_CLASS} examples in both splits")
@@ -148,15 +162,18 @@ Encode = Callable[[Tensor], np.ndarray]
 
 def evaluate_probes(tasks: Sequence[ProbeTask], encode: Encode | None, ks: Sequence[int] = KS,
                     seed: int = 0) -> pd.DataFrame:  # fmt: skip
-    """`probe_rows` of every task on `encode(x)` (codes of raw activations); `encode=None`: the dense probe on
-    the activations themselves, at every k and with all dimensions (k = dim)."""
-    frames = []
+    """`probe_rows` of every task on `encode(x)` (codes of raw activations, computed once per activation tensor
+    that tasks share); `encode=None`: the dense probe on the activations themselves, at every k and with all
+    dimensions (k = dim)."""
+    frames, codes = [], {}
     for task in tasks:
         if encode is None:
             values = task.x.double().numpy()
             frames.append(probe_rows(task, values, [*ks, values.shape[1]], seed=seed))
         else:
-            frames.append(probe_rows(task, encode(task.x), ks, seed=seed))
+            if id(task.x) not in codes:
+                codes[id(task.x)] = encode(task.x)
+            frames.append(probe_rows(task, codes[id(task.x)], ks, seed=seed))
     return pd.concat(frames, ignore_index=True)
 
 
@@ -251,8 +268,14 @@ def brown_passages(tokenizer: Any, n_docs: int, length: int, seed: int = 0) -> l
     return out
 
 
+def sotu_label(year: int) -> str:
+    """A SOTU address's label: its `SOTU_PERIOD`-year period ("1850-1899")."""
+    start = year // SOTU_PERIOD * SOTU_PERIOD
+    return f"{start}-{start + SOTU_PERIOD - 1}"
+
+
 def sotu_passages(tokenizer: Any, n_docs: int, length: int, seed: int = 0) -> list[Passage]:
-    """`n_docs` State of the Union addresses drawn with `seed`, labelled by decade ("1930s"), first tokens."""
+    """`n_docs` State of the Union addresses drawn with `seed`, labelled by period (`sotu_label`), first tokens."""
     from sparseinfer.lm.corpora import sotu
 
     docs = list(sotu())
@@ -260,7 +283,7 @@ def sotu_passages(tokenizer: Any, n_docs: int, length: int, seed: int = 0) -> li
     out = []
     for i in sorted(rng.choice(len(docs), min(n_docs, len(docs)), replace=False)):
         ids, _ = _tokenise(tokenizer, docs[i].text, length)
-        out.append(Passage(ids, f"{docs[i].meta['year'] // 10 * 10}s"))
+        out.append(Passage(ids, sotu_label(int(docs[i].meta["year"]))))
     return out
 
 
@@ -271,36 +294,44 @@ def document_task(name: str, passages: Sequence[Passage], acts: Sequence[Tensor]
     return ProbeTask(name, torch.cat(list(acts)), example, labels, split_documents(labels, seed=seed))
 
 
-def token_task(name: str, passages: Sequence[Passage], acts: Sequence[Tensor], train_docs: np.ndarray) -> ProbeTask:
-    """A token task: one example per tagged token, in the split of its document."""
-    xs, labels, train = [], [], []
+def token_task(name: str, passages: Sequence[Passage], acts: Sequence[Tensor], train_docs: np.ndarray,
+               x: Tensor | None = None) -> ProbeTask:  # fmt: skip
+    """A token task: one example per tagged token, in the split of its document. `x`: the passages' activations
+    already concatenated (a document task's), shared so that their codes are computed once."""
+    example, labels, train = [], [], []
     for p, a, is_train in zip(passages, acts, train_docs, strict=True):
-        tags = (p.tags or [])[: a.shape[0]]
-        keep = [j for j, t in enumerate(tags) if t is not None]
-        xs.append(a[keep])
-        labels += [tags[j] for j in keep]
-        train += [bool(is_train)] * len(keep)
-    x = torch.cat(xs)
-    return ProbeTask(name, x, np.arange(x.shape[0]), np.array(labels), np.array(train), pooled=False)
+        tags = [*(p.tags or [])[: a.shape[0]], *[None] * max(0, a.shape[0] - len(p.tags or []))]
+        for t in tags:
+            example.append(len(labels) if t is not None else -1)
+            if t is not None:
+                labels.append(t)
+                train.append(bool(is_train))
+    x = torch.cat(list(acts)) if x is None else x
+    if x.shape[0] != len(example):
+        raise SparseInferError(f"task {name}: x has {x.shape[0]} rows, the passages {len(example)} tokens")
+    return ProbeTask(name, x, np.array(example, dtype=np.int64), np.array(labels), np.array(train), pooled=False)
 
 
 def corpus_tasks(model: torch.nn.Module, tokenizer: Any, point: HookPoint, n_brown: int, n_sotu: int,
                  length: int, seed: int = 0) -> list[ProbeTask]:  # fmt: skip
-    """The offline probing tasks at `point`: Brown genre (pooled), Brown part of speech (tokens), SOTU decade
-    (pooled), each on passages of the first `length` tokens of randomly drawn documents."""
+    """The offline probing tasks at `point`: Brown genre (pooled), Brown part of speech (tokens, on the genre
+    task's activations), SOTU period (pooled), each on passages of the first `length` tokens of randomly drawn
+    documents."""
     tasks = []
     if n_brown:
         passages = brown_passages(tokenizer, n_brown, length, seed)
         acts = passage_activations(model, point, passages)
         genre = document_task("brown_genre", passages, acts, seed)
-        tasks += [genre, token_task("brown_pos", passages, acts, genre.train)]
+        tasks += [genre, token_task("brown_pos", passages, acts, genre.train, genre.x)]
     if n_sotu:
         passages = sotu_passages(tokenizer, n_sotu, length, seed)
-        tasks.append(document_task("sotu_decade", passages, passage_activations(model, point, passages), seed))
+        tasks.append(document_task("sotu_period", passages, passage_activations(model, point, passages), seed))
     return tasks
 
 
-def _long(frame: pd.DataFrame, base: dict[str, Any]) -> list[dict[str, Any]]:
+def long_rows(frame: pd.DataFrame, base: dict[str, Any]) -> list[dict[str, Any]]:
+    """The pooled (`class` == all) rows of `evaluate_probes` as long-format result rows (`base` + task, k,
+    metric = accuracy, value, ci_low, ci_high, n)."""
     pooled = frame[frame["class"] == "all"]
     return [base | {"task": r["task"], "k": int(r["k"]), "metric": "accuracy", "value": r["accuracy"],
                     "ci_low": r["ci_low"], "ci_high": r["ci_high"], "n": int(r["n_test"])}
@@ -346,7 +377,7 @@ def probe_runs(
             raise SparseInferError("no probing task has a class with enough documents in both splits: more documents")
     letters = letter_data_from_store(held_out, tokenizer, n_letters, seed) if absorption else None
     probes = fit_letter_probes(letters, seed=seed) if letters is not None else []
-    rows = _long(evaluate_probes(tasks, None, seed=seed), {"run": "", "encoder": "dense"}) if tasks else []
+    rows = long_rows(evaluate_probes(tasks, None, seed=seed), {"run": "", "encoder": "dense"}) if tasks else []
     for run in runs:
         encoder, dictionary, info = load_run(run, device)
         name = info["config"]["encoder"]
@@ -363,14 +394,9 @@ def probe_runs(
             progress(f"probe {run}: {label}")
             base = {"run": str(run), "encoder": label}
             if tasks:
-                rows += _long(evaluate_probes(tasks, partial(encode, enc, dictionary, scale=info["scale"]), seed=seed),
-                              base)  # fmt: skip
+                codes = partial(encode, enc, dictionary, scale=info["scale"])
+                rows += long_rows(evaluate_probes(tasks, codes, seed=seed), base)
             if letters is not None:
                 result = evaluate_absorption(enc, dictionary, letters, probes, info["scale"])
-                for metric, values in (("absorption_rate", result.full.astype(float)),
-                                       ("absorption_fraction", result.fraction)):  # fmt: skip
-                    low, high = interval(values) if len(values) else (float("nan"), float("nan"))
-                    rows.append(base | {"task": "first_letter", "k": 0, "metric": metric, "n": len(values),
-                                        "value": float(values.mean()) if len(values) else float("nan"),
-                                        "ci_low": low, "ci_high": high})  # fmt: skip
+                rows += result.long_rows(base)
     return pd.DataFrame(rows)

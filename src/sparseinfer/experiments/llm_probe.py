@@ -1,12 +1,17 @@
 """The language-model study's probing stage: sparse probing and first-letter absorption of every learned
 dictionary under every method, each calibrated to the dictionary's target L0 (as in `evaluate`).
 
-- Probing (`evaluation.probing`): Brown genre and SOTU decade (document labels, codes mean-pooled over a passage's
+- Probing (`evaluation.probing`): Brown genre and SOTU period (document labels, codes mean-pooled over a passage's
   tokens) and Brown part of speech (per token), on passages of randomly drawn documents run through the preset's
   model at its hook; k in {1, 2, 5, 20}; the dense-activation probe (method `dense`, also at k = d_model) is the
   ceiling. Probe train and test passages are different documents.
 - Absorption (`evaluation.absorption`): single-word tokens of the held-out store `out/data/test`, the letter probes
   trained and tested on disjoint words.
+- Each method is the evaluate stage's: its calibrated penalty (or k) is read from `out/evaluate/rows/` and the
+  encoder rebuilt (`calibrated_method`), so the stage adds no bisection; a row the evaluate stage could not
+  calibrate is an error row here too. Without an evaluate row the method is calibrated as `build_method` does.
+- Cost: every row encodes the same probe tokens (`PROBE_SIZES`; the summary says how many), so the iterative
+  methods dominate; the dense probe and the letter probes are fitted once.
 
 `out/probe.parquet`: one row per dictionary x method x target x task x k (absorption rows have k = 0), `value` the
 pooled held-out accuracy (or absorption rate / fraction over the probe-positive test tokens), `ci_low`/`ci_high`
@@ -21,7 +26,7 @@ import math
 import os
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -39,7 +44,8 @@ REPORT_KS = (1, 20)
 
 @dataclass(frozen=True)
 class ProbeSizes:
-    """How much data the stage uses: documents per corpus, tokens per passage, single-word tokens for absorption."""
+    """How much data the stage uses: documents per corpus, tokens per passage, single-word tokens for absorption.
+    Every row encodes all of them (Brown part of speech shares the Brown genre passages' tokens)."""
 
     brown_docs: int
     sotu_docs: int
@@ -48,90 +54,121 @@ class ProbeSizes:
 
 
 PROBE_SIZES = {
-    "micro": ProbeSizes(brown_docs=0, sotu_docs=0, passage_tokens=8, letter_tokens=64),
-    "quick": ProbeSizes(brown_docs=120, sotu_docs=90, passage_tokens=16, letter_tokens=1500),
-    "study": ProbeSizes(brown_docs=500, sotu_docs=232, passage_tokens=128, letter_tokens=20_000),
+    "micro": ProbeSizes(brown_docs=150, sotu_docs=0, passage_tokens=8, letter_tokens=64),
+    "quick": ProbeSizes(brown_docs=120, sotu_docs=90, passage_tokens=8, letter_tokens=1000),
+    "study": ProbeSizes(brown_docs=500, sotu_docs=233, passage_tokens=128, letter_tokens=20_000),
 }
 
 
-def _rows(frame: pd.DataFrame, base: dict[str, Any]) -> list[dict[str, Any]]:
-    """The pooled (`class` == all) probing rows as long-format result rows."""
-    pooled = frame[frame["class"] == "all"]
-    return [base | {"task": r["task"], "k": int(r["k"]), "metric": "accuracy", "value": r["accuracy"],
-                    "ci_low": r["ci_low"], "ci_high": r["ci_high"], "n": int(r["n_test"])}
-            for r in pooled.to_dict("records")]  # fmt: skip
+def calibrated_method(method: str, family: str, encoder: Any, dictionary: Any, row: dict[str, Any],
+                      preset: LLMPreset) -> Any:  # fmt: skip
+    """The encoder `llm_study.build_method` calibrated for this row in the evaluate stage, rebuilt from the penalty
+    or k its row saved (no second bisection; the same settings as `build_method`)."""
+    from sparseinfer.encoders.ito import ITOEncoder
+    from sparseinfer.evaluation.calibrate import budgeted, penalised_builder
+
+    solver = {"max_iter": preset.solver_iter}
+    if method == "own" and family != "sparse_coding":
+        return encoder
+    if method == "omp":
+        return budgeted("omp", dictionary, int(row["k"])).eval()
+    penalty = float(row["penalty"])
+    if method == "own":
+        return penalised_builder("gradient", dictionary, {"max_iter": encoder.max_iter})(penalty)
+    if method == "ito":
+        return ITOEncoder.wrap(encoder, refiner=penalised_builder("ito", dictionary, solver)(penalty))
+    return penalised_builder(method, dictionary, solver)(penalty)
 
 
-def _absorption_rows(result: Any, base: dict[str, Any]) -> list[dict[str, Any]]:
-    from sparseinfer.evaluation.probing import interval
+def _encoder_for(method: str, family: str, target: int, encoder: Any, dictionary: Any, evaluated: Path, x: Any,
+                 preset: LLMPreset) -> tuple[Any, bool]:  # fmt: skip
+    """The row's encoder and whether the evaluate stage's calibration was reused (its row file `evaluated`);
+    without that row, calibrated here as `build_method` does. An evaluate row with an error raises it again."""
+    from sparseinfer.experiments.llm_study import build_method
 
-    rows = []
-    for metric, values in (("absorption_rate", result.full.astype(float)), ("absorption_fraction", result.fraction)):
-        low, high = interval(values) if len(values) else (math.nan, math.nan)
-        value = float(values.mean()) if len(values) else math.nan
-        rows.append(base | {"task": "first_letter", "k": 0, "metric": metric, "value": value, "ci_low": low,
-                            "ci_high": high, "n": len(values), "letters": len(result.letters)})  # fmt: skip
-    return rows
+    if evaluated.exists():
+        row = json.loads(evaluated.read_text())
+        if row.get("error"):
+            raise SparseInferError(f"evaluate stage: {row['error']}")
+        return calibrated_method(method, family, encoder, dictionary, row, preset), True
+    return build_method(method, family, encoder, dictionary, x().to(preset.device), target, preset)[0], False
 
 
 def stage_probe(preset: LLMPreset, out: Path, progress: Progress, sizes: ProbeSizes | None = None) -> dict[str, Any]:
-    """Probing and absorption rows for every dictionary x method x target (resumable), then `probe.parquet`;
-    `sizes` overrides the preset's `PROBE_SIZES`. A task without a class in both splits is left out (said)."""
+    """Probing and absorption rows for every dictionary x method x target (resumable per row), then
+    `probe.parquet`; `sizes` overrides the preset's `PROBE_SIZES`. Each method reuses the evaluate stage's
+    calibration when that row exists. A task without a class in both splits is left out (said). Returns the
+    summary: rows, tasks, letter probes, tokens encoded per row (per task), calibrations reused, seconds."""
     from sparseinfer.data.store import ActivationStore
     from sparseinfer.evaluation.absorption import encode, evaluate_absorption, fit_letter_probes, letter_data_from_store
     from sparseinfer.evaluation.downstream import hook_point
-    from sparseinfer.evaluation.probing import binary_classes, corpus_tasks, evaluate_probes
+    from sparseinfer.evaluation.probing import binary_classes, corpus_tasks, evaluate_probes, long_rows
     from sparseinfer.evaluation.runs import calibration_signals
-    from sparseinfer.experiments.llm_study import build_method, row_jobs, run_name
+    from sparseinfer.experiments.llm_study import row_jobs, run_name
     from sparseinfer.lm.model import load_model
     from sparseinfer.training.activations.train import load_run
 
     out = Path(out)
-    sizes = sizes or PROBE_SIZES.get(preset.name, PROBE_SIZES["quick"])
-    held_out = ActivationStore.open(out / "data" / "test")
-    model, tokenizer = load_model(held_out.manifest.model, preset.device)
     start = time.perf_counter()
-    tasks = corpus_tasks(model, tokenizer, hook_point(held_out.manifest.hook), sizes.brown_docs, sizes.sotu_docs,
-                         sizes.passage_tokens, preset.seed)  # fmt: skip
-    for task in [t for t in tasks if not binary_classes(t)]:
-        progress(f"probe: task {task.name} left out: no class has enough examples in both splits")
-    tasks = [t for t in tasks if binary_classes(t)]
-    letters = letter_data_from_store(held_out, tokenizer, sizes.letter_tokens, preset.seed)
-    probes = fit_letter_probes(letters, seed=preset.seed)
-    progress(f"probe: {len(tasks)} probing tasks, {len(probes)} letter probes ({time.perf_counter() - start:.0f} s)")
+    sizes = sizes or PROBE_SIZES.get(preset.name, PROBE_SIZES["quick"])
     rows_dir = out / "probe" / "rows"
     dense_path = rows_dir / "dense.json"
-    if not dense_path.exists() and tasks:
-        base = {"dictionary": "dense", "run": "", "method": "dense", "target_l0": math.nan, "error": ""}
-        write_atomic(dense_path, json.dumps(_rows(evaluate_probes(tasks, None, seed=preset.seed), base), default=float))
     jobs = row_jobs(preset, rows_dir)
-    for i, (family, target, method, path) in enumerate(jobs, 1):
-        if path.exists():
-            continue
-        progress(f"probe [{i}/{len(jobs)}]: {run_name(family, target)} with {method}")
-        began = time.perf_counter()
-        encoder, dictionary, info = load_run(out / "train" / run_name(family, target), preset.device)
-        base = {"dictionary": family, "run": run_name(family, target), "method": method,
-                "target_l0": float(target), "error": ""}  # fmt: skip
-        try:
-            x = calibration_signals(held_out, info["scale"], preset.calibration_tokens).to(preset.device)
-            chosen, _ = build_method(method, family, encoder, dictionary, x, target, preset)
+    summary: dict[str, Any] = {"sizes": asdict(sizes), "reused_calibrations": 0}
+    if not (dense_path.exists() and all(path.exists() for *_, path in jobs)):
+        held_out = ActivationStore.open(out / "data" / "test")
+        model, tokenizer = load_model(held_out.manifest.model, preset.device)
+        tasks = corpus_tasks(model, tokenizer, hook_point(held_out.manifest.hook), sizes.brown_docs, sizes.sotu_docs,
+                             sizes.passage_tokens, preset.seed)  # fmt: skip
+        for task in [t for t in tasks if not binary_classes(t)]:
+            progress(f"probe: task {task.name} left out: no class has enough examples in both splits")
+        tasks = [t for t in tasks if binary_classes(t)]
+        letters = letter_data_from_store(held_out, tokenizer, sizes.letter_tokens, preset.seed)
+        probes = fit_letter_probes(letters, seed=preset.seed)
+        summary["tokens"] = {t.name: int(t.x.shape[0]) for t in tasks} | {
+            "first_letter": int(letters.x_train.shape[0] + letters.x_test.shape[0])}  # fmt: skip
+        shared = {id(t.x): int(t.x.shape[0]) for t in tasks}  # tasks on the same tokens are encoded once
+        summary["tokens_per_row"] = sum(shared.values()) + summary["tokens"]["first_letter"]
+        progress(f"probe: {len(tasks)} probing tasks, {len(probes)} letter probes, {summary['tokens_per_row']} "
+                 f"tokens per row ({time.perf_counter() - start:.0f} s)")  # fmt: skip
+        if not dense_path.exists():
+            base = {"dictionary": "dense", "run": "", "method": "dense", "target_l0": math.nan, "error": ""}
+            dense = long_rows(evaluate_probes(tasks, None, seed=preset.seed), base) if tasks else []
+            write_atomic(dense_path, json.dumps(dense, default=float))
+        for i, (family, target, method, path) in enumerate(jobs, 1):
+            if path.exists():
+                continue
+            progress(f"probe [{i}/{len(jobs)}]: {run_name(family, target)} with {method}")
+            began = time.perf_counter()
+            encoder, dictionary, info = load_run(out / "train" / run_name(family, target), preset.device)
+            base = {"dictionary": family, "run": run_name(family, target), "method": method,
+                    "target_l0": float(target), "error": ""}  # fmt: skip
             scale = info["scale"]
-            codes = partial(encode, chosen, dictionary, scale=scale)
-            rows = _rows(evaluate_probes(tasks, codes, seed=preset.seed), base) if tasks else []
-            rows += _absorption_rows(evaluate_absorption(chosen, dictionary, letters, probes, scale), base)
-        except SparseInferError as err:
-            rows = [base | {"task": "", "k": 0, "metric": "", "value": math.nan, "error": str(err)}]
-        for row in rows:
-            row["seconds"] = time.perf_counter() - began
-        write_atomic(path, json.dumps(rows, default=float))
-        progress(f"  {len(rows)} rows ({time.perf_counter() - began:.0f} s)")
-    paths = ([dense_path] if dense_path.exists() else []) + [path for *_, path in jobs]
+            signals = partial(calibration_signals, held_out, scale, preset.calibration_tokens)
+            try:
+                chosen, reused = _encoder_for(method, family, target, encoder, dictionary,
+                                              out / "evaluate" / "rows" / path.name, signals, preset)  # fmt: skip
+                summary["reused_calibrations"] += int(reused)
+                codes = partial(encode, chosen, dictionary, scale=scale)
+                rows = long_rows(evaluate_probes(tasks, codes, seed=preset.seed), base) if tasks else []
+                rows += evaluate_absorption(chosen, dictionary, letters, probes, scale).long_rows(base)
+            except SparseInferError as err:
+                rows = [base | {"task": "", "k": 0, "metric": "", "value": math.nan, "error": str(err)}]
+            for row in rows:
+                row["seconds"] = time.perf_counter() - began
+            write_atomic(path, json.dumps(rows, default=float))
+            progress(f"  {len(rows)} rows ({time.perf_counter() - began:.0f} s)")
+    paths = [dense_path, *(path for *_, path in jobs)]
     table = pd.DataFrame([row for p in paths for row in json.loads(p.read_text())])
     tmp = out / f".{PROBE}.tmp"
     table.to_parquet(tmp)
     os.replace(tmp, out / PROBE)
-    return {"rows": len(table), "tasks": [t.name for t in tasks], "letters": len(probes)}
+    done = table[table["error"] == ""] if "error" in table else table
+    summary |= {"rows": len(table), "errors": int((table.get("error", pd.Series([], dtype=str)) != "").sum()),
+                "tasks": sorted(set(done["task"]) - {"", "first_letter"}) if len(done) else [],
+                "letters": int(done["letters"].max()) if "letters" in done and len(done) else 0,
+                "seconds": time.perf_counter() - start}  # fmt: skip
+    return summary
 
 
 def _cell(row: pd.Series) -> str:
