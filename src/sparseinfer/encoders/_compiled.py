@@ -23,6 +23,7 @@ import torch
 
 BLOCK = 64  # signals per scheduled block (scratch is allocated once per block)
 SMALL_OP_FLOPS = 1 << 28  # below this a torch product runs on one thread (2 threads collapse on a busy machine)
+PARALLEL_FLOPS = 1 << 26  # below this a kernel runs on one thread (its split cannot pay for a wait on a busy core)
 
 
 @contextlib.contextmanager
@@ -43,9 +44,11 @@ def threads_for(flops: int) -> Iterator[None]:
         torch.set_num_threads(threads)
 
 
-def run_parallel(kernel: Any, *args: Any) -> None:
-    """Call a `prange` kernel on torch's thread count (capped by numba's), in dynamically scheduled blocks."""
-    numba.set_num_threads(max(1, min(torch.get_num_threads(), numba.config.NUMBA_NUM_THREADS)))
+def run_parallel(kernel: Any, *args: Any, flops: int | None = None) -> None:
+    """Call a `prange` kernel on torch's thread count (capped by numba's), in dynamically scheduled blocks; on one
+    thread when the caller's estimate of the kernel's work (`flops`) is below `PARALLEL_FLOPS`."""
+    threads = max(1, min(torch.get_num_threads(), numba.config.NUMBA_NUM_THREADS))
+    numba.set_num_threads(1 if flops is not None and flops < PARALLEL_FLOPS else threads)
     with numba.parallel_chunksize(1):  # one block at a time: a thread on a busy core takes fewer blocks
         kernel(*args)
 
@@ -77,11 +80,11 @@ def _chol_solve(chol: Any, rhs: Any, t: int, out: Any) -> None:
 
 
 @numba.njit(cache=True, inline="always")
-def _chol_append(chol: Any, gram: Any, index: Any, t: int, j: int) -> float:
-    """Row t of the Cholesky factor of G on index[:t] + [j]; returns the squared new diagonal (not yet stored)."""
-    diag = float(gram[j, j])
+def _chol_append(chol: Any, cross: Any, index: Any, t: int, diag: float) -> float:
+    """Row t of the Cholesky factor of G on index[:t] + [j], from cross = G's row or column j (a view) and
+    diag = G[j, j]; returns the squared new diagonal (not yet stored)."""
     for s in range(t):
-        v = float(gram[index[s], j])
+        v = float(cross[index[s]])
         for q in range(s):
             v -= chol[s, q] * chol[t, q]
         w = v / chol[s, s]
@@ -226,7 +229,7 @@ def _omp_one(gram, b, x, atoms, xnorm2, k, tol, mask, eps, i, alpha, basis, coef
             j, best = _argmax_abs(alpha, mask)
             if best == 0:
                 break
-            diag = _chol_append(chol, gram, index, t, j)
+            diag = _chol_append(chol, gram[j], index, t, float(gram[j, j]))  # a row: contiguous
             if not diag > 100 * eps * gram[j, j]:
                 break
             chol[t, t] = math.sqrt(diag)
@@ -274,7 +277,7 @@ def _omp_one(gram, b, x, atoms, xnorm2, k, tol, mask, eps, i, alpha, basis, coef
 def _refactor(chol: Any, gram: Any, index: Any, size: int) -> bool:
     """Cholesky factor of G on index[:size] from scratch (after an atom leaves); False if not positive definite."""
     for t in range(size):
-        diag = _chol_append(chol, gram, index, t, index[t])
+        diag = _chol_append(chol, gram[:, index[t]], index, t, float(gram[index[t], index[t]]))
         if not diag > 0:
             return False
         chol[t, t] = math.sqrt(diag)
@@ -402,7 +405,7 @@ def _lars_one(gram, b, penalty, nonneg, limit, max_steps, eps, i, c, a, active, 
                 if size == slots:
                     status = 1
                     break
-                diag = _chol_append(chol, gram, index, size, who)
+                diag = _chol_append(chol, gram[:, who], index, size, float(gram[who, who]))
                 if not diag > 100 * eps * gram[who, who]:
                     status = 1
                     break

@@ -89,7 +89,8 @@ class OMPEncoder(IterativeEncoder):
         inputs = [t.contiguous().numpy() for t in (gram, b, x, atoms, xnorm2)]
         outputs = [t.numpy() for t in (index, value, steps, sizes, change, residual)]
         mask = _compiled.abs_mask(inputs[1].dtype)
-        _compiled.run_parallel(_compiled.batch_omp, *inputs, k, float(self.tol), mask, *outputs)
+        work = batch * n_latents * k * (k + 3)  # per signal and step t: the new row (2 N t), the update and the pick
+        _compiled.run_parallel(_compiled.batch_omp, *inputs, k, float(self.tol), mask, *outputs, flops=work)
         codes = x.new_zeros(batch, n_latents).scatter_add_(1, index, value)
         last = int(steps.max()) if batch else 0
         worst = float(change[steps == last].max()) if batch and last else 0.0
