@@ -1,7 +1,7 @@
 """Sparse probing (SAEBench's k-sparse probing): how much of a labelled property a few latents carry.
 
 A task holds per-token activations, the example each token belongs to, one label per example and a train/test
-split of the examples (by document: no document is in both). Document tasks (Brown genre, SOTU decade) pool an
+split of the examples (by document: no document is in both). Document tasks (Brown genre, SOTU period) pool an
 example's features by their mean over its tokens; token tasks (Brown part of speech) have one token per example.
 
 Like SAEBench, each class of a task is a BINARY one-vs-rest problem on a class-balanced sample (negatives drawn
