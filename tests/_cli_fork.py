@@ -124,7 +124,11 @@ class ForkedCLI:
         if self.server is not None:
             assert self.server.stdin is not None
             self.server.stdin.close()
-            self.server.wait(timeout=30)
+            try:
+                self.server.wait(timeout=30)
+            except subprocess.TimeoutExpired:  # an imported library's thread keeps it alive: stop it
+                self.server.kill()
+                self.server.wait()
             self.server = None
 
 

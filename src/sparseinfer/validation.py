@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import math
 from collections.abc import Iterator
 from contextvars import ContextVar
 
@@ -62,7 +63,16 @@ def check_signals(x: Tensor, dim: int, dtype: torch.dtype | None = None, finite:
 
 
 def check_positive(value: float, name: str, allow_zero: bool = False) -> float:
-    """Require a positive (or non-negative) number."""
+    """Require a finite positive (or non-negative) number (inf, NaN and booleans are refused: no solver can use
+    them, and an infinite penalty reaches the kernels as an overflow)."""
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        number = None
+    if isinstance(value, bool) or number is None:
+        raise SparseInferError(f"{name} must be a number, got {value!r}")
+    if not math.isfinite(number):
+        raise SparseInferError(f"{name} must be finite, got {value}")
     ok = value >= 0 if allow_zero else value > 0
     if not ok:
         bound = "non-negative" if allow_zero else "positive"
@@ -71,8 +81,8 @@ def check_positive(value: float, name: str, allow_zero: bool = False) -> float:
 
 
 def check_k(k: int, n_latents: int, name: str = "k") -> int:
-    """Require 1 <= k <= n_latents."""
-    if not isinstance(k, int) or k < 1:
+    """Require 1 <= k <= n_latents (an integer; booleans are not counts)."""
+    if isinstance(k, bool) or not isinstance(k, int) or k < 1:
         raise SparseInferError(f"{name} must be a positive integer, got {k!r}")
     if k > n_latents:
         raise SparseInferError(f"{name}={k} exceeds the number of latents N={n_latents}")
@@ -84,3 +94,23 @@ def check_count(value: int, name: str) -> int:
     if isinstance(value, bool) or not isinstance(value, int) or value < 1:
         raise SparseInferError(f"{name} must be a positive integer, got {value!r}")
     return value
+
+
+def check_device(device: str, name: str = "device") -> str:
+    """Require a device torch knows and this machine has (a CUDA index within the GPUs present); returns it."""
+    try:
+        parsed = torch.device(device)
+    except (RuntimeError, TypeError):
+        raise SparseInferError(f"{name} {device!r} is not a device (cpu, cuda, cuda:N, mps)") from None
+    if parsed.type == "cuda":
+        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if count == 0:
+            raise SparseInferError(f"{name} {device!r}: this machine has no usable CUDA GPU; use --device cpu")
+        if parsed.index is not None and parsed.index >= count:
+            raise SparseInferError(f"{name} {device!r}: this machine has {count} CUDA GPU(s)")
+    elif parsed.type == "mps":
+        if not torch.backends.mps.is_available():
+            raise SparseInferError(f"{name} {device!r}: MPS is not available on this machine; use --device cpu")
+    elif parsed.type != "cpu":
+        raise SparseInferError(f"{name} {device!r}: only cpu, cuda and mps devices are supported")
+    return device

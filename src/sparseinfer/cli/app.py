@@ -62,8 +62,49 @@ def parse_params(pairs: list[str]) -> dict[str, Any]:
         key, sep, value = pair.partition("=")
         if not sep or not key.strip():
             raise SparseInferError(f"hyperparameter {pair!r} must look like KEY=VALUE")
-        out[key.strip()] = yaml.safe_load(value)
+        try:
+            out[key.strip()] = yaml.safe_load(value)
+        except yaml.YAMLError as err:
+            problem = getattr(err, "problem", None) or type(err).__name__
+            raise SparseInferError(
+                f"hyperparameter {pair!r}: the value is not a valid YAML scalar ({problem})"
+            ) from None
     return out
+
+
+def _check_device(device: str) -> str:
+    """`--device` as torch names it, refusing unknown names and a CUDA device this machine does not have."""
+    from sparseinfer.validation import check_device
+
+    return check_device(device, "--device")
+
+
+def _check_encoder(name: str | None, option: str) -> None:
+    """Refuse an unknown encoder name before any work starts."""
+    if name is not None:
+        from sparseinfer.encoders.base import get
+
+        try:
+            get(name)
+        except SparseInferError as err:
+            raise SparseInferError(f"{option}: {err}") from None
+
+
+def _check_out_file(out: Path | None) -> None:
+    """`--out FILE`: refuse a missing or non-folder parent, a folder, a device or FIFO (never replaced by a rename)
+    and a place that cannot be written, before any compute."""
+    if out is None:
+        return
+    import tempfile
+
+    from sparseinfer.atomic import check_target
+
+    check_target(out)
+    try:
+        with tempfile.TemporaryFile(dir=out.parent):
+            pass
+    except OSError as err:
+        raise SparseInferError(f"cannot write --out {out}: {err.strerror or err}") from None
 
 
 @app.command()
@@ -77,10 +118,10 @@ def encoders() -> None:
 @app.command()
 def infer(
     encoder: Annotated[str, typer.Option(help="registered encoder name (see `sparseinfer encoders`)")] = "fista",
-    n_latents: Annotated[int, typer.Option(help="N, latents of the synthetic problem")] = 16,
-    dim: Annotated[int, typer.Option(help="M, signal dimension of the synthetic problem")] = 8,
-    k: Annotated[int, typer.Option(help="K, active latents per sample")] = 3,
-    n_samples: Annotated[int, typer.Option(help="synthetic signals to infer")] = 1024,
+    n_latents: Annotated[int, typer.Option(min=1, help="N, latents of the synthetic problem")] = 16,
+    dim: Annotated[int, typer.Option(min=1, help="M, signal dimension of the synthetic problem")] = 8,
+    k: Annotated[int, typer.Option(min=1, help="K, active latents per sample")] = 3,
+    n_samples: Annotated[int, typer.Option(min=1, help="synthetic signals to infer")] = 1024,
     seed: Annotated[int, typer.Option(help="seed of the synthetic problem")] = 0,
     param: Annotated[list[str] | None, typer.Option(help="encoder hyperparameter KEY=VALUE (repeatable)")] = None,
     signals: Annotated[Path | None, typer.Option(help=".npy or .safetensors file of signals (batch, dim)")] = None,
@@ -115,11 +156,16 @@ def infer(
     from sparseinfer.cli.tables import inference_table, refine_table
     from sparseinfer.evaluation.inference import run_inference
 
+    params = parse_params(param or [])
+    sizes = sorted({"dim", "n_latents"} & set(params))
+    if sizes:
+        raise SparseInferError(f"--param {sizes[0]}: the problem sets it (use --dim / --n-latents, or the files)")
+    _check_out_file(out)
     if sae is not None:
         from sparseinfer.evaluation.refine import run_refine
 
         rows, title = run_refine(
-            sae, signals, encoder, parse_params(param or []), out=out, model=model, hook=hook, text=text,
+            sae, signals, encoder, params, out=out, model=model, hook=hook, text=text,
             contexts=contexts, context_length=context_length, fold=fold,
         )  # fmt: skip
         console.print(refine_table(rows, title))
@@ -127,7 +173,7 @@ def infer(
 
     report = run_inference(
         encoder,
-        parse_params(param or []),
+        params,
         n_latents=n_latents,
         dim=dim,
         k=k,
@@ -220,7 +266,10 @@ def reproduce(
     from sparseinfer.experiments.reproduce import run_study
 
     extra = [e.strip() for e in encoders.split(",") if e.strip()]
-    seed_list = [int(s) for s in seeds.split(",") if s.strip()] or None
+    try:
+        seed_list = [int(s) for s in seeds.split(",") if s.strip()] or None
+    except ValueError:
+        raise SparseInferError(f"--seeds must be integers separated by commas, got {seeds!r}") from None
     run_study(
         target,
         preset,
@@ -288,6 +337,7 @@ def harvest(
     from sparseinfer.data.harvest import HarvestConfig
     from sparseinfer.data.harvest import harvest as run_harvest
 
+    device = _check_device(device)
     cfg = HarvestConfig(
         model, tuple(hook or ["resid_pre.9"]), text, split, context_length, contexts, contexts_per_shard, batch_size,
         dtype, True, cross_document, device, seed=seed, compute_dtype=compute_dtype, threads=threads,
@@ -336,6 +386,8 @@ def train(
     from sparseinfer.training.activations import LMTrainConfig, train_from_store
     from sparseinfer.training.activations import train_on_the_fly as run_on_the_fly
 
+    device = _check_device(device)
+    _check_encoder(encoder, "--encoder")
     given = dict(
         preset=preset, encoder=encoder, hparams=parse_params(param) if param else None, expansion=expansion,
         steps=steps, batch_size=batch_size, lr=lr, loss=loss, l1=l1, dead_latents=dead_latents, bias_init=bias_init,
@@ -407,6 +459,8 @@ def evaluate(
     from sparseinfer.evaluation.matched import matched_l0
     from sparseinfer.evaluation.runs import comparison_table, evaluate_runs
 
+    device = _check_device(device)
+    _check_encoder(infer_with, "--infer-with")
     targets = None
     if target_l0 is not None:
         try:
@@ -532,8 +586,10 @@ def main() -> None:
         print("interrupted; rerun with --resume to continue where it stopped", file=sys.stderr)
         sys.exit(130)
     except Exception as exc:
-        if hasattr(exc, "show") and hasattr(exc, "exit_code"):  # click/typer usage errors (typer vendors click)
-            exc.show()
+        if hasattr(exc, "format_message") and hasattr(exc, "exit_code"):  # click/typer usage errors (vendored)
+            where = f" (see `{exc.ctx.command_path} --help`)" if getattr(exc, "ctx", None) is not None else ""
+            message = " ".join(exc.format_message().split())
+            print(f"error: {message}{where}", file=sys.stderr)  # one line, like every other bad input
             sys.exit(2)
         raise
     if isinstance(code, int) and code != 0:

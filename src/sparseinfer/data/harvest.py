@@ -19,7 +19,7 @@ from typing import Any
 import torch
 from tqdm.auto import tqdm
 
-from sparseinfer.data.store import ActivationStore, Manifest
+from sparseinfer.data.store import MANIFEST, ActivationStore, Manifest
 from sparseinfer.errors import SparseInferError
 from sparseinfer.lm.corpora import Document
 from sparseinfer.lm.hooks import HookPoint, capture, resolve_hook_points
@@ -148,6 +148,7 @@ def _harvest(
     points = resolve_hook_points(lm, list(config.hooks))
     stores = {}
     model_info = {**describe_model(config.model), "compute_dtype": str(next(lm.parameters()).dtype).split(".")[-1]}
+    fresh = {p for p in points if not (store_folder(out, p, len(points) > 1) / MANIFEST).exists()}
     for p in points:
         dim = _width(lm, tokenizer, p, config)
         manifest = Manifest(
@@ -174,29 +175,35 @@ def _harvest(
     start, tokens = time.perf_counter(), 0
     buffers: dict[HookPoint, list[torch.Tensor]] = {p: [] for p in points}
     ids_buffer: list[torch.Tensor] = []
-    while True:
-        batch = list(islice(rows, config.batch_size))
-        if batch:
-            ids = torch.stack(batch).to(config.device)
-            acts = capture(lm, ids, points)
-            for p in points:
-                buffers[p].append(acts[p].to("cpu", getattr(torch, config.dtype)))
-            ids_buffer.append(ids.cpu())
-            tokens += ids.numel()
-            bar.update(ids.numel())
-            bar.set_postfix(tok_s=f"{tokens / (time.perf_counter() - start):.0f}")
-        buffered = sum(t.shape[0] for t in ids_buffer)
-        if buffered >= config.contexts_per_shard or (not batch and buffered):
-            _flush(stores, buffers, ids_buffer, config.contexts_per_shard)
-        if not batch and not ids_buffer:
-            break
-    bar.close()
-    stored = min(s.manifest.n_contexts for s in stores.values())
-    if not stored:
-        raise SparseInferError(
-            f"text {config.text!r} gives no context of {config.context_length} tokens (empty, or too short); "
-            "nothing was stored"
-        )
+    try:
+        while True:
+            batch = list(islice(rows, config.batch_size))
+            if batch:
+                ids = torch.stack(batch).to(config.device)
+                acts = capture(lm, ids, points)
+                for p in points:
+                    buffers[p].append(acts[p].to("cpu", getattr(torch, config.dtype)))
+                ids_buffer.append(ids.cpu())
+                tokens += ids.numel()
+                bar.update(ids.numel())
+                bar.set_postfix(tok_s=f"{tokens / (time.perf_counter() - start):.0f}")
+            buffered = sum(t.shape[0] for t in ids_buffer)
+            if buffered >= config.contexts_per_shard or (not batch and buffered):
+                _flush(stores, buffers, ids_buffer, config.contexts_per_shard)
+            if not batch and not ids_buffer:
+                break
+        bar.close()
+        stored = min(s.manifest.n_contexts for s in stores.values())
+        if not stored:
+            raise SparseInferError(
+                f"text {config.text!r} gives no context of {config.context_length} tokens (empty, or too short); "
+                "nothing was stored"
+            )
+    except SparseInferError:  # bad text (missing, binary, empty, unknown split): leave no empty store behind
+        for point, st in stores.items():
+            if point in fresh and not st.manifest.shards:
+                (st.folder / MANIFEST).unlink(missing_ok=True)
+        raise
     if stored < config.n_contexts:
         bar.write(f"text ran out: stored {stored} of {config.n_contexts} contexts")
     for s in stores.values():

@@ -15,6 +15,7 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
+from sparseinfer import atomic
 from sparseinfer.codes import as_dense
 from sparseinfer.data.synthetic import make_synthetic
 from sparseinfer.dictionary import Dictionary
@@ -47,20 +48,28 @@ def _read(path: Path, what: str) -> dict[str, torch.Tensor]:
         raise SparseInferError(f"{what} file must be .npy or .safetensors, got {path.name}")
     try:
         if path.suffix == ".npy":
-            return {"array": torch.from_numpy(np.load(path, allow_pickle=False))}
+            array = np.load(path, allow_pickle=False)
+            if not isinstance(array, np.ndarray):  # a .npz archive under a .npy name
+                raise SparseInferError(f"{what} file {path} is a .npz archive, not one .npy array")
+            return {"array": torch.from_numpy(array)}
         return load_file(str(path))
-    except (ValueError, OSError, SafetensorError) as err:
-        raise SparseInferError(f"cannot read {what} file {path}: {err}") from None
+    except (ValueError, OSError, EOFError, TypeError, SafetensorError) as err:
+        first = (str(err).strip().splitlines() or [type(err).__name__])[0]
+        raise SparseInferError(f"cannot read {what} file {path}: {first}") from None
 
 
 def _single(tensors: dict[str, torch.Tensor], path: Path, what: str, preferred: tuple[str, ...]) -> torch.Tensor:
     """The one tensor of a file, or the first of `preferred` names it holds; a 2-D float array."""
     names = [k for k in preferred if k in tensors] or list(tensors)
+    if not names:
+        raise SparseInferError(f"{what} file {path} holds no tensor")
     if len(names) != 1 and not any(k in tensors for k in preferred):
         raise SparseInferError(f"{path} holds several tensors {sorted(tensors)}; expected one of {list(preferred)}")
     tensor = tensors[names[0]]
     if tensor.ndim != 2 or not tensor.is_floating_point():
         raise SparseInferError(f"{what} in {path} must be a 2-D float array, got {tuple(tensor.shape)} {tensor.dtype}")
+    if not tensor.numel():
+        raise SparseInferError(f"{what} in {path} is empty (shape {tuple(tensor.shape)})")
     return tensor
 
 
@@ -141,7 +150,7 @@ def run_inference(
             "relative_error": relative_code_error(true_codes, codes),
         }
     if out is not None:
-        save_file({"codes": codes.contiguous()}, str(out))
+        atomic.write_with(out, lambda tmp: save_file({"codes": codes.contiguous()}, str(tmp)))
     diagnostics = getattr(model, "diagnostics", None) if isinstance(model, IterativeEncoder) else None
     return InferenceReport(
         encoder=encoder,

@@ -10,7 +10,6 @@ dictionary and target (`calibrate`) on held-out tokens, so its rows sit at the t
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -28,6 +27,7 @@ from sparseinfer.evaluation.downstream import Reference, downstream_metrics, hoo
 from sparseinfer.evaluation.frontier import frontier_figure
 from sparseinfer.evaluation.held_out import reconstruction_metrics
 from sparseinfer.evaluation.matched import matched_l0
+from sparseinfer.io._common import read_json
 from sparseinfer.lm.model import load_model
 from sparseinfer.metrics.firing import FiringStatistics
 from sparseinfer.training.activations.train import load_run
@@ -46,10 +46,7 @@ def run_source(run: str | Path) -> dict[str, Any]:
     path = Path(run) / "run.json"
     if not path.exists():
         raise SparseInferError(f"{run} is not a finished training run (no run.json)")
-    try:
-        return json.loads(path.read_text())
-    except json.JSONDecodeError as err:
-        raise SparseInferError(f"{path} is not valid JSON: {err}") from None
+    return read_json(path)
 
 
 def _resolved_hook(pattern: str, model: str, lm: torch.nn.Module | None) -> str:

@@ -11,7 +11,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from sparseinfer.errors import SparseInferError
-from sparseinfer.io._common import LoadedSAE
+from sparseinfer.io._common import LoadedSAE, read_json
 from sparseinfer.io.native import (
     ENCODER_FILE,
     RUN_FILE,
@@ -37,6 +37,9 @@ def detect_format(path: str | Path) -> str:
     for name, test in tests:
         if test(folder):
             return name
+    for name in ("cfg.json", "run.json"):  # present but unreadable: say which file and what is wrong with it
+        if (folder / name).exists():
+            read_json(folder / name)
     subs = sorted(p.name for p in folder.iterdir() if p.is_dir() and is_sparsify(p))
     hint = f"; it has sparsify hookpoints {subs}, pass one of them" if subs else ""
     raise SparseInferError(f"{folder} holds no known SAE layout (sparseinfer, run folder, SAELens, sparsify){hint}")

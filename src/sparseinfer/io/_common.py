@@ -115,12 +115,26 @@ def read_json(path: Path) -> dict[str, Any]:
     if not path.exists():
         raise SparseInferError(f"no config file at {path}")
     try:
-        cfg = json.loads(path.read_text())
+        cfg = json.loads(path.read_bytes().decode("utf-8"))
+    except OSError as err:
+        raise SparseInferError(f"cannot read config {path}: {err.strerror or err}") from None
+    except UnicodeDecodeError:
+        raise SparseInferError(f"corrupt config {path}: not UTF-8 text") from None
     except json.JSONDecodeError as err:
         raise SparseInferError(f"corrupt config {path}: {err}") from None
     if not isinstance(cfg, dict):
-        raise SparseInferError(f"config {path} must hold a JSON object")
+        raise SparseInferError(f"config {path} must hold a JSON object, got {type(cfg).__name__}")
     return cfg
+
+
+def json_object(cfg: dict[str, Any], key: str, where: Path) -> dict[str, Any]:
+    """`cfg[key]` as a JSON object ({} when absent or null), or a one-line error naming the file and the key."""
+    value = cfg.get(key)
+    if value is None:
+        return {}
+    if not isinstance(value, dict):
+        raise SparseInferError(f"config {where}: {key!r} must be a JSON object, got {type(value).__name__}")
+    return dict(value)
 
 
 def read_tensors(path: Path, required: tuple[str, ...]) -> dict[str, Tensor]:

@@ -28,7 +28,15 @@ import sparseinfer
 from sparseinfer.dictionary import CONFIG_FILE, Dictionary
 from sparseinfer.encoders.base import Encoder, create, encoder_config
 from sparseinfer.errors import SparseInferError
-from sparseinfer.io._common import LoadedSAE, check_scale, dtype_name, parse_dtype, read_json, read_tensors
+from sparseinfer.io._common import (
+    LoadedSAE,
+    check_scale,
+    dtype_name,
+    json_object,
+    parse_dtype,
+    read_json,
+    read_tensors,
+)
 
 ENCODER_FILE = "encoder.safetensors"
 FORMAT = "sparseinfer"
@@ -40,8 +48,8 @@ SWEEP_CONFIG = "config.yaml"  # a synthetic sweep run's resolved config
 def _cfg(folder: Path) -> dict[str, Any] | None:
     path = folder / CONFIG_FILE
     try:
-        cfg = json.loads(path.read_text()) if path.exists() else None
-    except (json.JSONDecodeError, UnicodeDecodeError):
+        cfg = json.loads(path.read_text()) if path.is_file() else None
+    except (json.JSONDecodeError, UnicodeDecodeError, OSError):
         return None
     return cfg if isinstance(cfg, dict) else None
 
@@ -135,13 +143,16 @@ def load_native(folder: str | Path) -> LoadedSAE:
             f"{folder} holds a dictionary without an encoder (a sparse-coding or scikit-learn run); "
             "pass it as --dictionary with an encoder instead"
         )
-    version = int(cfg.get("format_version", 1))
+    version = cfg.get("format_version", 1)
+    if isinstance(version, bool) or not isinstance(version, int):
+        raise SparseInferError(f"config {folder / CONFIG_FILE}: format_version must be an integer, got {version!r}")
     if version > FORMAT_VERSION:
         raise SparseInferError(f"{folder} has format_version {version}; this sparseinfer reads up to {FORMAT_VERSION}")
     dictionary = Dictionary.load(folder)
     dtype = parse_dtype(cfg.get("dtype", "float32"), str(folder))
-    encoder = _build(cfg["encoder"], dict(cfg.get("hparams") or {}), dictionary, folder / ENCODER_FILE, dtype)
-    meta = dict(cfg.get("metadata") or {"sparseinfer_version": cfg.get("version")})
+    where = folder / CONFIG_FILE
+    encoder = _build(cfg["encoder"], json_object(cfg, "hparams", where), dictionary, folder / ENCODER_FILE, dtype)
+    meta = json_object(cfg, "metadata", where) or {"sparseinfer_version": cfg.get("version")}
     scale = check_scale(cfg.get("input_scale", 1.0), str(folder))
     return LoadedSAE(encoder, dictionary, FORMAT, False, meta, scale)
 
@@ -151,12 +162,12 @@ def load_legacy_run(folder: str | Path) -> LoadedSAE:
     folder = Path(folder)
     if (folder / RUN_FILE).exists() and (folder / "dictionary").is_dir():
         info = read_json(folder / RUN_FILE)
-        config = dict(info.get("config") or {})
+        config = json_object(info, "config", folder / RUN_FILE)
         if "encoder" not in config:
             raise SparseInferError(f"{folder / RUN_FILE} lacks config.encoder")
         dictionary = Dictionary.load(folder / "dictionary")
         dtype = dictionary.atoms.dtype
-        params = dict(config.get("hparams") or {})
+        params = json_object(config, "hparams", folder / RUN_FILE)
         encoder = _build(config["encoder"], params, dictionary, folder / ENCODER_FILE, dtype)
         return LoadedSAE(encoder, dictionary, FORMAT, False, run_provenance(info), float(info.get("scale", 1.0)))
     try:

@@ -170,6 +170,12 @@ def resolve_model(name_or_path: str) -> str:
     if path.exists():
         if not (path / "config.json").exists():
             raise SparseInferError(f"{path} is not a Hugging Face model folder (no config.json)")
+        pickles = sorted(p.name for p in path.glob("*.bin")) + sorted(p.name for p in path.glob("*.pt*"))
+        if pickles and not any(path.glob("*.safetensors")):
+            raise SparseInferError(
+                f"{path} holds its weights as {pickles[0]}, a pickle: pickled weights are not loaded (unpickling a "
+                "file can run code); convert them to safetensors (model.safetensors) first"
+            )
         return str(path)
     return name_or_path
 

@@ -205,6 +205,9 @@ def read_checkpoint(path: str | Path, config: Mapping[str, Any], steps: int) -> 
         raise _corrupt(path, f"its step {step} is outside the run's 0..{steps} steps")
     if flops < 0 or not all(isinstance(r, dict) for r in history):
         raise _corrupt(path, "its flops are negative or its history rows are not objects")
+    bad = [n for n, t in sorted(tensors.items()) if t.is_floating_point() and not bool(torch.isfinite(t).all())]
+    if bad:  # never written by `save_checkpoint`: the file was made or altered elsewhere
+        raise _corrupt(path, f"{', '.join(bad[:3])} hold NaN or Inf")
     return Checkpoint(
         step=step, flops=flops, history=history, tensors=tensors,
         optimiser=_require(state, "optimiser", dict, path), scalars=_require(state, "scalars", dict, path),
