@@ -191,11 +191,19 @@ def test_mismatched_config_on_resume_refused(tmp_path: Path) -> None:
 
 
 def test_two_workers_match_one(tmp_path: Path) -> None:
+    import torch
+
     specs = make_specs(tmp_path / "m1", 6, report_threads=True)
-    serial = run_sweep(specs, tmp_path / "one", toy_execute, workers=1, progress=False)
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)  # the caller's count does not reach the runs
+    try:
+        serial = run_sweep(specs, tmp_path / "one", toy_execute, workers=1, progress=False)
+        assert torch.get_num_threads() == 2  # and is restored after them
+    finally:
+        torch.set_num_threads(before)
     specs = make_specs(tmp_path / "m2", 6, report_threads=True)
     pooled = run_sweep(specs, tmp_path / "two", toy_execute, workers=2, progress=False)
-    assert (pooled["threads"] == 1).all()  # each worker runs torch on one thread
+    assert (serial["threads"] == 1).all() and (pooled["threads"] == 1).all()  # every run on one torch thread
     drop = ["wall_time_s", "threads"]
     pd.testing.assert_frame_equal(serial.drop(columns=drop), pooled.drop(columns=drop))
     assert executions(tmp_path / "m2") == {s.run_id: 1 for s in specs}
@@ -273,6 +281,56 @@ def test_ctrl_c_then_resume(tmp_path: Path, workers: int) -> None:
     for run_id in complete:
         assert (tmp_path / "out" / "runs" / run_id / "output.txt").exists()
     resume_and_check(tmp_path, n, complete)
+
+
+def _children(pid: int) -> list[int]:
+    """Live processes whose parent is `pid` (zombies excluded)."""
+    found = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[1]) == pid and fields[0] not in "ZX":
+            found.append(int(stat.parent.name))
+    return found
+
+
+def _alive(pid: int) -> bool:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] not in "ZX"
+    except OSError:
+        return False
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="PR_SET_PDEATHSIG is Linux's")
+def test_pool_workers_die_with_their_parent(tmp_path: Path) -> None:
+    """SIGKILL of the sweep's process (only it, not its group) ends its workers at once: no queued run starts."""
+    markers = tmp_path / "m"
+    script = SCRIPT.format(tests=str(TESTS_DIR), markers=str(markers), out=str(tmp_path / "out"), n=8, workers=2)
+    script = script.replace("sleep=0.3", "sleep=2.0")
+    proc = subprocess.Popen([sys.executable, "-c", textwrap.dedent(script)], stderr=subprocess.DEVNULL,
+                            start_new_session=True)  # fmt: skip
+    workers: list[int] = []
+    try:
+        deadline = time.monotonic() + 120
+        while not (markers.is_dir() and len(list(markers.iterdir())) >= 2):  # both workers are in a run
+            assert proc.poll() is None and time.monotonic() < deadline, "sweep did not start"
+            time.sleep(0.02)
+        workers = _children(proc.pid)
+        assert len(workers) >= 2
+        started = len(list(markers.iterdir()))
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait(timeout=30)
+        deadline = time.monotonic() + 5
+        while any(_alive(pid) for pid in workers) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert not [pid for pid in workers if _alive(pid)], "pool workers outlived the sweep"
+        assert len(list(markers.iterdir())) == started  # no queued run started after the kill
+    finally:
+        for pid in [proc.pid, *workers]:
+            if _alive(pid):
+                os.kill(pid, signal.SIGKILL)
 
 
 # ---- store ----
