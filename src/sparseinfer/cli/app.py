@@ -247,7 +247,7 @@ def reproduce(
         str | None, typer.Option(help="llm: OpenAI-compatible URL for auto-interp (default: a local llama.cpp server)")
     ] = None,
     stop_after: Annotated[
-        str | None, typer.Option(help="llm: stop after this stage (data | train | evaluate | interp)")
+        str | None, typer.Option(help="llm: stop after this stage (data | train | evaluate | probe | interp)")
     ] = None,
 ) -> None:
     """Rerun the reference study (../shared/paper-protocol.md) and write results.parquet, report.md and figures.

@@ -14,15 +14,14 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+from sparseinfer import atomic
+
 STAGES = ("data", "train", "evaluate", "probe", "interp", "report")
 
 
 def write_atomic(path: Path, text: str) -> None:
-    """Write `text` to `path` through a temporary file and a rename, so a kill never leaves half a file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    tmp.write_text(text)
-    os.replace(tmp, path)
+    """Write `text` to `path` (parents made) through the core atomic writer, so a kill never leaves half a file."""
+    atomic.write_text(path, text, parents=True)
 
 
 def marker(out: Path, stage: str) -> Path:

@@ -34,6 +34,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from sparseinfer import atomic
 from sparseinfer.dictionary import Dictionary
 from sparseinfer.encoders.base import Encoder
 from sparseinfer.errors import SparseInferError
@@ -180,7 +181,7 @@ def save_run(out: Path, encoder: Encoder, dictionary: Dictionary, info: dict[str
         provenance |= {"context_size": m.get("context_length"), "prepend_bos": m.get("bos")}
     provenance["dataset_path"] = provenance.get("dataset_path", "on the fly")
     save_sae(encoder, dictionary, out, input_scale=info["scale"], provenance=provenance)
-    (out / RUN_FILE).write_text(json.dumps(info, indent=1))
+    atomic.write_text(out / RUN_FILE, json.dumps(info, indent=1))  # run.json marks the run finished: never half written
 
 
 def load_run(folder: str | Path, device: str | torch.device = "cpu") -> tuple[Encoder, Dictionary, dict[str, Any]]:
