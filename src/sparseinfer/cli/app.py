@@ -442,7 +442,7 @@ def evaluate(
     ] = None,
     device: Annotated[str, typer.Option()] = "cpu",
     probe: Annotated[
-        bool, typer.Option(help="also k-sparse probing (Brown genre / POS, SOTU decade) -> OUT/probe.parquet")
+        bool, typer.Option(help="also k-sparse probing (Brown genre / POS, SOTU 50-year period) -> OUT/probe.parquet")
     ] = False,
     absorption: Annotated[
         bool, typer.Option(help="also first-letter feature absorption on the store's single-word tokens")
