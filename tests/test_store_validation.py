@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import shutil
 from pathlib import Path
 
@@ -225,7 +226,8 @@ def test_check_count_accepts_only_positive_integers(value):
 
 @given(value=st.floats(allow_nan=False), allow_zero=st.booleans())
 def test_check_positive(value, allow_zero):
-    if value > 0 or (allow_zero and value == 0):
+    """Finite positive (or zero, when allowed) numbers pass unchanged; infinities and the rest are refused."""
+    if math.isfinite(value) and (value > 0 or (allow_zero and value == 0)):
         assert check_positive(value, "v", allow_zero) == value
     else:
         with pytest.raises(SparseInferError):
