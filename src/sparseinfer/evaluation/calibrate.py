@@ -199,6 +199,21 @@ def budgeted(
     return encoder
 
 
+def matched_encoder(method: str, dictionary: Dictionary, penalty: float | None = None, k: int | None = None,
+                    params: dict[str, Any] | None = None, warm: Encoder | None = None) -> Encoder:  # fmt: skip
+    """The encoder a calibration of `method` settles on, from its Lasso-scale `penalty` (penalised methods, refining
+    `warm`'s codes when given) or its budget `k`: how `calibrate` builds its result, and how a saved calibration is
+    rebuilt without a second search."""
+    if method in BUDGETED:
+        if k is None:
+            raise SparseInferError(f"{method} needs its budget k")
+        return budgeted(method, dictionary, k, params, warm).eval()
+    if penalty is None:
+        raise SparseInferError(f"{method} needs its calibrated penalty")
+    solver = penalised_builder(method, dictionary, params)(penalty)
+    return solver if warm is None else ITOEncoder.wrap(warm, refiner=solver)
+
+
 def _two_phase(
     method: str,
     dictionary: Dictionary,
@@ -250,7 +265,7 @@ def calibrate(
     x = x.to(dictionary.atoms.dtype)
     if method in BUDGETED:
         k = max(1, round(target))
-        encoder = budgeted(method, dictionary, k, params, warm).eval()
+        encoder = matched_encoder(method, dictionary, k=k, params=params, warm=warm)
         count = l0(as_dense(encoder(x, dictionary)))
         flops = encoder.inference_flops(x.shape[0], dictionary.dim, dictionary.n_latents)
         return Calibration(method, target, count, encoder, k=k, flops=flops, samples=x.shape[0])
@@ -258,13 +273,11 @@ def calibrate(
         raise SparseInferError("ito refines a trained encoder's codes: give the encoder to warm-start from")
     if "penalty" in params:
         raise SparseInferError(f"{method}'s penalty is what calibration sets; do not give one")
-    build = penalised_builder(method, dictionary, params)
     init = as_dense(warm(x, dictionary)).detach() if warm is not None else None
     spent = warm.inference_flops(x.shape[0], dictionary.dim, dictionary.n_latents) if warm is not None else 0
     found = _two_phase(method, dictionary, params, x, target, init, tolerance, max_steps)
     if not found.within:
         raise _refuse(method, target, found, tolerance)
-    solver = build(found.penalty)
-    encoder = solver if warm is None else ITOEncoder.wrap(warm, refiner=solver)
+    encoder = matched_encoder(method, dictionary, found.penalty, params=params, warm=warm)
     return Calibration(method, target, found.l0, encoder, penalty=found.penalty, steps=found.steps,
                        flops=found.flops + spent, samples=x.shape[0])  # fmt: skip

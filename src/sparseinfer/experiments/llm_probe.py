@@ -63,21 +63,16 @@ PROBE_SIZES = {
 def calibrated_method(method: str, family: str, encoder: Any, dictionary: Any, row: dict[str, Any],
                       preset: LLMPreset) -> Any:  # fmt: skip
     """The encoder `llm_study.build_method` calibrated for this row in the evaluate stage, rebuilt from the penalty
-    or k its row saved (no second bisection; the same settings as `build_method`)."""
-    from sparseinfer.encoders.ito import ITOEncoder
-    from sparseinfer.evaluation.calibrate import budgeted, penalised_builder
+    or k its row saved (no second bisection; the same settings, `llm_study.method_settings`)."""
+    from sparseinfer.evaluation.calibrate import BUDGETED, matched_encoder
+    from sparseinfer.experiments.llm_study import method_settings
 
-    solver = {"max_iter": preset.solver_iter}
-    if method == "own" and family != "sparse_coding":
+    name, params, warm = method_settings(method, family, encoder, preset)
+    if not name:
         return encoder
-    if method == "omp":
-        return budgeted("omp", dictionary, int(row["k"])).eval()
-    penalty = float(row["penalty"])
-    if method == "own":
-        return penalised_builder("gradient", dictionary, {"max_iter": encoder.max_iter})(penalty)
-    if method == "ito":
-        return ITOEncoder.wrap(encoder, refiner=penalised_builder("ito", dictionary, solver)(penalty))
-    return penalised_builder(method, dictionary, solver)(penalty)
+    if name in BUDGETED:
+        return matched_encoder(name, dictionary, k=int(row["k"]), params=params, warm=warm)
+    return matched_encoder(name, dictionary, float(row["penalty"]), params=params, warm=warm)
 
 
 def _encoder_for(method: str, family: str, target: int, encoder: Any, dictionary: Any, evaluated: Path, x: Any,

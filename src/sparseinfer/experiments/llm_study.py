@@ -138,23 +138,30 @@ def _methods_for(preset: LLMPreset, family: str) -> list[str]:
     return [m for m in preset.methods if not (family == "sparse_coding" and m == "ito")]
 
 
+def method_settings(method: str, family: str, encoder: Any, preset: LLMPreset) -> tuple[str, dict[str, Any], Any]:
+    """(calibrated method, its solver settings, the encoder it warm-starts from) of a study method on a family's
+    dictionary, shared by the evaluate stage's calibration and the probe stage's rebuild of it; ("", {}, None) for a
+    trained encoder used as it is."""
+    solver = {"max_iter": preset.solver_iter}
+    if method == "own" and family != "sparse_coding":
+        return "", {}, None
+    if method == "own":  # the sparse-coding dictionary's own inference: Adam on the codes, penalty calibrated
+        return "gradient", {"max_iter": encoder.max_iter}, None
+    if method == "ito":
+        return "ito", solver, encoder
+    return method, solver if method == "fista" else {}, None
+
+
 def build_method(method: str, family: str, encoder: Any, dictionary: Any, x: torch.Tensor, target: int,
                  preset: LLMPreset) -> tuple[Any, dict[str, Any]]:  # fmt: skip
     """The encoder for `method` on one learned dictionary, matched to `target` on the calibration signals `x`, and
     its calibration summary (empty for a trained encoder used as it is)."""
     from sparseinfer.evaluation.calibrate import calibrate
 
-    solver = {"max_iter": preset.solver_iter}
-    if method == "own" and family != "sparse_coding":
+    name, params, warm = method_settings(method, family, encoder, preset)
+    if not name:
         return encoder, {}
-    if method == "own":  # the sparse-coding dictionary's own inference: Adam on the codes, penalty calibrated
-        cal = calibrate("gradient", dictionary, x, target, {"max_iter": encoder.max_iter})
-    elif method == "ito":
-        cal = calibrate("ito", dictionary, x, target, solver, warm=encoder)
-    elif method == "fista":
-        cal = calibrate("fista", dictionary, x, target, solver)
-    else:
-        cal = calibrate(method, dictionary, x, target)
+    cal = calibrate(name, dictionary, x, target, params, warm=warm)
     return cal.encoder, cal.summary()
 
 
