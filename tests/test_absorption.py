@@ -1,6 +1,8 @@
 """First-letter absorption on hand-built cases with known answers: a "starts with s" feature whose latent stops
 firing on the word "short" while the "short" latent (decoder aligned with the probe) carries it must be detected;
-the same data with a dictionary that keeps the two apart must not."""
+the same data with a dictionary that keeps the two apart must not. Per-token cases of `absorption_events` pin
+SAEBench's definitions down to exact values (fraction 0 whenever the main latents carry the projection, however
+many unrelated latents add to it)."""
 
 from __future__ import annotations
 
@@ -11,6 +13,7 @@ import torch
 from sparseinfer import Dictionary, SparseInferError
 from sparseinfer.evaluation.absorption import (
     LetterData,
+    absorption_events,
     absorption_scores,
     fit_letter_probes,
     main_latents,
@@ -137,3 +140,63 @@ def test_single_word_tokens_and_word_split() -> None:
         split_by_word(x, names[:3])
     with pytest.raises(SparseInferError, match="unknown absorption threshold"):
         absorption_scores(np.zeros((1, 1)), np.zeros((1, 1)), data, [], _dictionary(False), bogus=1.0)
+
+
+def _unit(cos: float, axis: int, dim: int = 12) -> np.ndarray:
+    """A unit atom with cosine `cos` to e0, the rest along e_axis."""
+    atom = np.zeros(dim)
+    atom[0], atom[axis] = cos, np.sqrt(1 - cos**2)
+    return atom
+
+
+def test_main_latent_firing_everywhere_gives_no_absorption() -> None:
+    """The main latent fires on every probe-true token and carries its whole projection R = 1; ten unrelated
+    latents (cos +-0.05) add +0.1 or -0.1 each. Counting every positive projection as absorbed (this module's old
+    fraction, 1 - main / positive) gave 1/3 here; SAEBench's fraction and the full-absorption rate are 0."""
+    p = np.eye(12)[0]
+    atoms = np.array([p, *(_unit(0.05 * (-1) ** i, 1 + i) for i in range(10))])
+    codes = np.zeros((5, 11))
+    codes[:, 0] = 1.0
+    codes[:, 1:] = 2.0
+    x = np.tile(p, (5, 1)) + 0.3 * np.eye(12)[11]
+    contrib = codes * (atoms @ p)
+    assert contrib.sum(axis=1) == pytest.approx(np.ones(5))  # the reconstruction's projection is exactly R
+    assert 1 - 1.0 / contrib.clip(min=0).sum(axis=1) == pytest.approx(np.full(5, 1 / 3))  # the old fraction
+    full, fraction = absorption_events(codes, x, atoms, np.zeros(12), p, [0])
+    assert not full.any()
+    assert fraction.tolist() == [0.0] * 5
+
+
+def test_absorption_events_known_values() -> None:
+    """R = (x - b) . p = 1 on every token (bias b = 0.5 e0 + e5, x = 1.5 e0 + e5). Latent 0 is the main latent,
+    latent 1 an aligned absorber (cos 0.6), latent 2 an absorber with cos 0.05 (>= 0.025 for full absorption,
+    < 0.1 for the fraction), latent 3 aligned (cos 0.5) but small."""
+    p = np.eye(12)[0]
+    atoms = np.array([p, _unit(0.6, 1), _unit(0.05, 2), _unit(0.5, 3)])
+    bias = 0.5 * p + np.eye(12)[5]
+    x = np.tile(1.5 * p + np.eye(12)[5], (6, 1))
+    codes = np.array([
+        [1.0, 0, 0, 0],  # main carries R: neither
+        [0.5, 0.5 / 0.6, 0, 0],  # main 0.5, absorber 0.5: partial, fraction 0.5 / (0.5 + 0.5)
+        [0.25, 1.5 / 0.6, 0, 0],  # main 0.25, absorber 1.5 > R - M: a = 0.75, fraction 0.75
+        [0, 0.9 / 0.6, 0, 0],  # main off, absorber 0.9 >= 0.4 R: full absorption, fraction 1
+        [0, 0, 0.9 / 0.05, 0],  # main off, unaligned absorber: full (cos 0.05 >= 0.025), fraction 0 (cos < 0.1)
+        [0.7, 0, 0, 0.3 / 0.5],  # main 0.7, aligned latent 0.3 < 0.4 R: no absorption
+    ])  # fmt: skip
+    full, fraction = absorption_events(codes, x, atoms, bias, p, [0])
+    assert full.tolist() == [False, False, False, True, True, False]
+    assert fraction == pytest.approx([0.0, 0.5, 0.75, 1.0, 0.0, 0.0])
+    _, jointly = absorption_events(codes[[5]], x[[5]], atoms, bias, p, [0], absorber_fraction=0.25)
+    assert jointly == pytest.approx([0.3])  # a lower share threshold lets latent 3 count: 0.3 / (0.3 + 0.7)
+    flipped, none = absorption_events(codes, -x + 2 * bias, atoms, bias, p, [0])  # R = -1: nothing to absorb
+    assert not flipped.any() and none.tolist() == [0.0] * 6
+
+
+def test_absorption_on_half_the_tokens() -> None:
+    """Half the probe-true tokens are fully absorbed (main latent off, aligned latent carries R), half are carried
+    by the main latent alone: rate 0.5 and fraction 0.5 exactly."""
+    p = np.eye(12)[0]
+    atoms = np.array([p, _unit(0.6, 1)])
+    codes = np.array([[1.0, 0.0]] * 4 + [[0.0, 1 / 0.6]] * 4)
+    full, fraction = absorption_events(codes, np.tile(p, (8, 1)), atoms, np.zeros(12), p, [0])
+    assert full.mean() == 0.5 and fraction.mean() == pytest.approx(0.5)

@@ -7,15 +7,25 @@ For one encoder's codes on one dictionary:
 1. main latents: among latents whose decoder atom has cosine >= `main_cosine` with p, the one whose firing best
    predicts "starts with L" on the train tokens (F1), then greedily the next while the F1 of "any main latent fires"
    rises by >= `f1_jump` (at most `max_main`), as SAEBench grows its k-sparse probe;
-2. on the test tokens where the probe fires and the word does start with L, full absorption is: no main latent
-   fires, and some other latent j with cos(atom_j, p) >= `absorber_cosine` fires and carries at least
-   `absorber_fraction` of the probe projection the codes must explain, c_j (atom_j . p) >= f (x - b_dec) . p;
-3. the absorption fraction (partial absorption) of such a token: the share of the codes' positive projection onto
-   p that does NOT come from the main latents.
+2. on the test tokens where the probe fires and the word does start with L (SAEBench's probe true positives, main
+   latents firing or not), with R = (x - b_dec) . p the probe projection the codes must explain and
+   c_j (atom_j . p) latent j's share of the reconstruction's projection:
+   - full absorption: no main latent fires, R > 0, and the latent with the largest projection has
+     cos(atom, p) >= `absorber_cosine` and carries at least `absorber_fraction` of R;
+   - absorption fraction (full and partial absorption): the absorbers are the at most `max_absorbers` non-main
+     latents with cos(atom, p) >= `fraction_cosine` and the largest positive projections, A their sum and M the
+     main latents' projection. It is 0 when R <= 0, M >= R or A < `absorber_fraction` R; 1 when M <= 0; else
+     a / (a + M) with a = min(A, R - M).
 
-Rates are averaged over letters whose probe reaches test F1 >= `min_probe_f1`. Codes are the encoder's on the
-SAE's input scale; atoms are the dictionary's rows, so any inference (FISTA, OMP, ITO) on the same dictionary is
-scored the same way.
+Both are SAEBench's definitions, per token, then averaged over the letter's probe true positives. The fraction
+does NOT count every latent with a positive projection as absorbing: at L0 16-64 a dozen unrelated latents (small
+cosines of either sign) add positive projections on every token, and counting them (as this module once did) put
+the fraction near 1 for any dictionary.
+
+Only letters whose probe reaches test F1 >= `min_probe_f1` are scored; `AbsorptionResult.rate` and
+`mean_fraction` average over those letters (as SAEBench), `long_rows` (the study's rows) pools their tokens.
+Codes are the encoder's on the SAE's input scale; atoms are the dictionary's rows, so any inference (FISTA, OMP,
+ITO) on the same dictionary is scored the same way.
 """
 
 from __future__ import annotations
@@ -38,8 +48,10 @@ from sparseinfer.encoders.base import Encoder
 from sparseinfer.errors import SparseInferError
 
 MAIN_COSINE = 0.1
-ABSORBER_COSINE = 0.025  # SAEBench's threshold for an absorbing latent's alignment with the probe
-ABSORBER_FRACTION = 0.4
+ABSORBER_COSINE = 0.025  # SAEBench's alignment threshold of the absorbing latent (full absorption)
+FRACTION_COSINE = 0.1  # SAEBench's alignment threshold of the absorbing latents (absorption fraction)
+ABSORBER_FRACTION = 0.4  # SAEBench's share of the probe projection the absorbing latent(s) must carry
+MAX_ABSORBERS = 3  # SAEBench's most latents that may jointly absorb (absorption fraction)
 F1_JUMP = 0.03  # SAEBench's F1 jump for adding a main latent
 MAX_MAIN = 3
 MIN_PROBE_F1 = 0.6  # SAEBench's minimum ground-truth probe F1
@@ -159,8 +171,11 @@ def absorption_events(
     main: Sequence[int],
     absorber_cosine: float = ABSORBER_COSINE,
     absorber_fraction: float = ABSORBER_FRACTION,
+    fraction_cosine: float = FRACTION_COSINE,
+    max_absorbers: int = MAX_ABSORBERS,
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Per token (rows of codes and of `x` on the SAE's scale): full absorption (bool) and absorption fraction."""
+    """Per token (rows of codes and of `x` on the SAE's scale): full absorption (bool) and absorption fraction
+    (module doc, step 2)."""
     proj = atoms @ direction
     cos = proj / np.linalg.norm(atoms, axis=1)
     contrib = codes * proj  # each latent's share of the reconstruction's projection onto the probe direction
@@ -169,13 +184,20 @@ def absorption_events(
     is_main = np.zeros(atoms.shape[0], dtype=bool)
     is_main[main_idx] = True
     main_fires = (codes[:, main_idx] > 0).any(axis=1) if len(main_idx) else np.zeros(len(codes), dtype=bool)
-    aligned = (cos >= absorber_cosine) & ~is_main
-    carries = (codes > 0) & aligned[None, :] & (contrib >= absorber_fraction * required[:, None])
-    full = ~main_fires & (required > 0) & carries.any(axis=1)
-    positive = contrib.clip(min=0).sum(axis=1)
-    from_main = contrib[:, main_idx].clip(min=0).sum(axis=1) if len(main_idx) else np.zeros(len(codes))
-    fraction = np.where(positive > 0, 1 - from_main / np.where(positive > 0, positive, 1.0), 0.0)
-    return full, fraction.clip(0.0, 1.0)
+    top = contrib.argmax(axis=1)
+    top_contrib = contrib[np.arange(len(codes)), top]
+    full = ~main_fires & (required > 0) & (cos[top] >= absorber_cosine) & (top_contrib >= absorber_fraction * required)
+    from_main = contrib[:, main_idx].sum(axis=1) if len(main_idx) else np.zeros(len(codes))
+    eligible = (cos >= fraction_cosine) & ~is_main
+    candidates = np.where(eligible[None, :] & (contrib > 0), contrib, 0.0)
+    n_top = min(int(max_absorbers), candidates.shape[1])
+    absorbed = -np.sort(-candidates, axis=1)[:, :n_top].sum(axis=1) if n_top > 0 else np.zeros(len(codes))
+    partial_ = np.minimum(absorbed, required - from_main)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        ratio = partial_ / (partial_ + from_main)
+    none = (required <= 0) | (from_main >= required) | (absorbed < absorber_fraction * required)
+    fraction = np.where(none, 0.0, np.where(from_main <= 0, 1.0, ratio))
+    return full, np.nan_to_num(fraction).clip(0.0, 1.0)
 
 
 @dataclass
@@ -231,9 +253,10 @@ def absorption_scores(
     **thresholds: float,
 ) -> AbsorptionResult:
     """Absorption of one set of codes (train and test tokens of `data`) on `dictionary` for every usable probe.
-    `thresholds`: main_cosine, f1_jump, max_main, absorber_cosine, absorber_fraction (see module doc)."""
+    `thresholds`: main_cosine, f1_jump, max_main, absorber_cosine, absorber_fraction, fraction_cosine,
+    max_absorbers (see module doc)."""
     main_keys = {"main_cosine", "f1_jump", "max_main"}
-    unknown = set(thresholds) - main_keys - {"absorber_cosine", "absorber_fraction"}
+    unknown = set(thresholds) - main_keys - {"absorber_cosine", "absorber_fraction", "fraction_cosine", "max_absorbers"}
     if unknown:
         raise SparseInferError(f"unknown absorption threshold(s) {sorted(unknown)}")
     atoms = dictionary.atoms.detach().double().cpu().numpy()
