@@ -15,8 +15,11 @@ from sparseinfer.evaluation.absorption import (
     LetterData,
     absorption_events,
     absorption_scores,
+    encode,
+    evaluate_absorption,
     fit_letter_probes,
     main_latents,
+    scored_test_tokens,
     single_word_tokens,
     split_by_word,
 )
@@ -200,3 +203,21 @@ def test_absorption_on_half_the_tokens() -> None:
     codes = np.array([[1.0, 0.0]] * 4 + [[0.0, 1 / 0.6]] * 4)
     full, fraction = absorption_events(codes, np.tile(p, (8, 1)), atoms, np.zeros(12), p, [0])
     assert full.mean() == 0.5 and fraction.mean() == pytest.approx(0.5)
+
+
+def test_only_scored_test_tokens_are_encoded() -> None:
+    """`evaluate_absorption` encodes the train tokens and only the test tokens that are scored (the "sea" and
+    "short" probe true positives here), and gives exactly what scoring the codes of every test token gives."""
+    from sparseinfer.encoders.base import create
+
+    data = _case()
+    probes = _s_probe(data)
+    dictionary = _dictionary(True)
+    encoder = create("omp", k=2)
+    scored = scored_test_tokens(data, probes)
+    assert scored.sum() == 40 and scored.sum() < len(scored)
+    every = absorption_scores(encode(encoder, dictionary, data.x_train, 1.0), encode(encoder, dictionary,
+                              data.x_test, 1.0), data, probes, dictionary)  # fmt: skip
+    subset = evaluate_absorption(encoder, dictionary, data, probes)
+    assert np.array_equal(subset.full, every.full) and np.array_equal(subset.fraction, every.fraction)
+    assert subset.letters.equals(every.letters)

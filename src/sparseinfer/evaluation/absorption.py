@@ -40,6 +40,7 @@ import pandas as pd
 import torch
 from sklearn.linear_model import LogisticRegression
 from sklearn.metrics import f1_score
+from threadpoolctl import threadpool_limits
 from torch import Tensor
 
 from sparseinfer.codes import as_dense
@@ -119,6 +120,13 @@ def fit_letter_probes(data: LetterData, min_count: int = MIN_COUNT, seed: int = 
     xs, xt = data.x_train.double().numpy(), data.x_test.double().numpy()
     mean = xs.mean(axis=0)  # centred, not standardised: the L2 penalty then acts in activation space itself
     zs, zt = xs - mean, xt - mean
+    with threadpool_limits(limits=1, user_api="blas"):  # small fits: BLAS threads only wait (probing module doc)
+        probes = _fit_probes(zs, zt, train_l, test_l, min_count, seed)
+    return probes
+
+
+def _fit_probes(zs: np.ndarray, zt: np.ndarray, train_l: np.ndarray, test_l: np.ndarray, min_count: int,
+                seed: int) -> list[LetterProbe]:  # fmt: skip
     probes = []
     for letter in sorted(set(train_l) & set(test_l)):
         y, yt = train_l == letter, test_l == letter
@@ -292,10 +300,25 @@ def evaluate_absorption(
     scale: float = 1.0,
     **thresholds: float,
 ) -> AbsorptionResult:
-    """Encode `data`'s train and test tokens with `encoder` and score their absorption (see module doc)."""
+    """Encode `data`'s train tokens and the test tokens that are scored (probe true positives of a letter whose
+    probe reaches `min_probe_f1`; the others are never read) with `encoder`, and score their absorption (see
+    module doc)."""
     codes_train = encode(encoder, dictionary, data.x_train, scale)
-    codes_test = encode(encoder, dictionary, data.x_test, scale)
+    scored = scored_test_tokens(data, probes, float(thresholds.get("min_probe_f1", MIN_PROBE_F1)))
+    codes_test = np.zeros((data.x_test.shape[0], codes_train.shape[1]))
+    if scored.any():
+        codes_test[scored] = encode(encoder, dictionary, data.x_test[torch.from_numpy(scored)], scale)
     return absorption_scores(codes_train, codes_test, data, probes, dictionary, scale, **thresholds)
+
+
+def scored_test_tokens(data: LetterData, probes: list[LetterProbe], min_probe_f1: float = MIN_PROBE_F1) -> np.ndarray:
+    """The test tokens `absorption_scores` reads: a probe true positive of some letter with a usable probe."""
+    test_l = data.letters("test")
+    scored = np.zeros(len(test_l), dtype=bool)
+    for probe in probes:
+        if probe.f1 >= min_probe_f1:
+            scored |= probe.fires_test & (test_l == probe.letter)
+    return scored
 
 
 def letter_data_from_store(store: Any, tokenizer: Any, n_tokens: int, seed: int = 0) -> LetterData:
