@@ -299,3 +299,39 @@ def test_tol_zero_reports_no_convergence_test(name: str) -> None:
     with FlopCounterMode(display=False) as counter:  # no gap checks counted either
         encoder(x, dictionary)
     assert encoder.flops(8, 10, 24).matmul == counter.get_total_flops()
+
+
+def test_refit_by_normal_equations_matches_lstsq_and_its_flops() -> None:
+    """Supports smaller than dim take the Cholesky path: float64 to 1e-10, float32 to float32 accuracy, FLOPs as
+    counted by torch."""
+    dictionary, x = _problem(64, 24, batch=40, seed=21)
+    atoms = dictionary.atoms.detach()
+    gen = torch.Generator().manual_seed(22)
+    codes = torch.zeros(40, 64, dtype=torch.float64)
+    for row in range(40):
+        codes[row, torch.randperm(64, generator=gen)[: row % 13]] = 1.0  # 0 to 12 atoms, padded to 12 < dim
+    with FlopCounterMode(display=False) as counter:
+        refitted, sizes = refit_with_sizes(x, atoms, codes, nonneg=False)
+    assert sizes == [12]
+    assert proximal_flops.refit(40, 24, sizes).matmul == counter.get_total_flops()
+    single = refit_on_support(x.float(), atoms.float(), codes.float())
+    for row in range(40):
+        support = codes[row].nonzero().flatten().numpy()
+        expected = np.zeros(64)
+        if support.size:
+            expected[support] = np.linalg.lstsq(atoms.numpy()[support].T, x[row].numpy(), rcond=None)[0]
+        np.testing.assert_allclose(refitted[row].numpy(), expected, atol=1e-10)
+        np.testing.assert_allclose(single[row].numpy(), expected, atol=2e-5)
+
+
+def test_refit_with_dependent_atoms_gives_the_minimum_norm_fit() -> None:
+    """Two equal atoms on one support (a singular Gram matrix): the ridge gives lstsq's minimum-norm split."""
+    dictionary, x = _problem(8, 6, batch=1, seed=23)
+    atoms = dictionary.atoms.detach().clone()
+    atoms[1] = atoms[0]
+    codes = torch.zeros(1, 8, dtype=torch.float64)
+    codes[0, :3] = 1.0
+    refitted = refit_on_support(x, atoms, codes)
+    expected = np.linalg.lstsq(atoms.numpy()[:3].T, x[0].numpy(), rcond=None)[0]
+    np.testing.assert_allclose(refitted[0, :3].numpy(), expected, atol=1e-5)
+    assert torch.isfinite(refitted).all()

@@ -384,3 +384,11 @@ def test_is_complete_and_gather(tmp_path: Path) -> None:
     assert list(gather_results(tmp_path / "empty").columns) == ["run_id"]
     assert flatten({"a": {"b": {"c": 1}, "d": [1]}, "e": 2}) == {"a.b.c": 1, "a.d": [1], "e": 2}
     assert json.loads((runs / "a" / "result.json").read_text())["e"] == {}
+
+
+def test_progress_reaches_a_log_that_is_not_a_terminal(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """A batch job's log (stderr not a terminal) gets plain `runs` lines, the last one with the final count."""
+    markers = tmp_path / "markers"
+    run_sweep(make_specs(markers, 3), tmp_path / "out", toy_execute, progress=True)
+    lines = [line for line in capsys.readouterr().err.splitlines() if line.startswith("runs")]
+    assert lines and "3/3" in lines[-1] and "\r" not in "".join(lines)

@@ -1,7 +1,12 @@
 """Least-squares refit of codes on their support (debiasing): removes the L1 shrinkage from the non-zero entries.
 
-Batched: each sample's support is padded to the batch's largest support size k, the (dim, k) systems are solved
-together by SVD (minimum-norm solution when the support has more atoms than dimensions, as numpy's `lstsq`).
+Batched: each sample's support is padded to the batch's largest support size k and the systems are solved together.
+With k <= dim (the usual case: sparse codes) by Cholesky on the (k, k) normal equations plus one step of iterative
+refinement, which brings the error back to that of a direct solve on well-conditioned supports; a support whose
+Gram matrix is not numerically positive definite (dependent atoms) gets a tiny ridge instead. With k > dim by SVD,
+the minimum-norm solution, as numpy's `lstsq`. The SVD path was 145 of 176 s of one evaluation row of the
+language-model study (N = 2,304, dim 576, k about 64, 2,560 signals) and the Cholesky path is a few hundred times
+cheaper there.
 """
 
 from __future__ import annotations
@@ -56,6 +61,9 @@ def _solve_padded(x: Tensor, atoms: Tensor, support: Tensor, k: int) -> Tensor:
         index = torch.topk(support[rows].to(torch.int8), k, dim=1).indices  # support entries first
         valid = support[rows].gather(1, index)
         system = (atoms[index] * valid[..., None]).mT  # (chunk, dim, k); padded columns are zero
+        if k <= dim:
+            out[rows].scatter_(1, index, _normal_equations(system, x[rows], valid) * valid)
+            continue
         u, s, vh = torch.linalg.svd(system, full_matrices=False)
         cutoff = s[:, :1] * (max(dim, k) * torch.finfo(x.dtype).eps)
         inv = torch.where(s > cutoff, 1.0 / s.clamp_min(torch.finfo(x.dtype).tiny), 0.0)
@@ -63,3 +71,21 @@ def _solve_padded(x: Tensor, atoms: Tensor, support: Tensor, k: int) -> Tensor:
         values = torch.bmm(vh.mT, proj[..., None]).squeeze(2) * valid
         out[rows].scatter_(1, index, values)
     return out
+
+
+def _normal_equations(system: Tensor, x: Tensor, valid: Tensor) -> Tensor:
+    """Least squares `system @ c = x` per row via Cholesky of the Gram matrix (padded columns: identity rows, so
+    their values are 0), then one refinement step with the same factor."""
+    gram = torch.bmm(system.mT, system)
+    gram.diagonal(dim1=1, dim2=2).add_(~valid)  # padded atoms: a 1 on the diagonal, zero right-hand side
+    factor, info = torch.linalg.cholesky_ex(gram)
+    failed = info != 0
+    if bool(failed.any()):  # dependent atoms on the support: a ridge relative to the Gram's scale
+        scale = gram[failed].diagonal(dim1=1, dim2=2).mean(1) * (64 * torch.finfo(x.dtype).eps) ** 0.5
+        ridged = gram[failed] + torch.diag_embed(scale[:, None].expand(-1, gram.shape[1]))
+        factor[failed] = torch.linalg.cholesky_ex(ridged)[0]
+    x = x[:, :, None]
+    values = torch.cholesky_solve(torch.bmm(system.mT, x), factor)
+    residual = x - torch.bmm(system, values)
+    values += torch.cholesky_solve(torch.bmm(system.mT, residual), factor)
+    return values.squeeze(2)

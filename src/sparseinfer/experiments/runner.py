@@ -18,13 +18,13 @@ from typing import Any
 
 import pandas as pd
 import yaml
-from tqdm.auto import tqdm
 
 from sparseinfer.errors import SparseInferError
 from sparseinfer.experiments.backends import BACKENDS
 from sparseinfer.experiments.files import RUNS_DIR, gather_results, is_complete, read_yaml, to_plain, write_yaml
 from sparseinfer.experiments.run_folder import ERROR_FILE, Execute, Outcome, RunSpec, one_line
 from sparseinfer.locks import locks_folder
+from sparseinfer.progress import progress_bar
 
 SWEEP_FILE = "sweep.yaml"
 _RUN_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._=+-]{0,199}")
@@ -196,19 +196,13 @@ def run_sweep(
         pending.append(spec)
 
     failures: dict[str, str] = {}
-    bar = tqdm(
-        total=len(specs),
-        initial=len(specs) - len(pending),
-        desc="runs",
-        unit="run",
-        disable=None if progress else True,  # None: shown on a terminal only
-        dynamic_ncols=True,
-    )
+    # a bar on a terminal, plain lines in a batch job's log (`progress.progress_bar`)
+    bar = progress_bar(total=len(specs), initial=len(specs) - len(pending), desc="runs", enabled=progress)
 
     def record(outcome: Outcome) -> None:
         if outcome.error is not None:
             failures[outcome.run_id] = outcome.error
-            bar.set_postfix(failed=len(failures))
+            bar.set_postfix_str(f"failed={len(failures)}")
         bar.update(1)
 
     try:

@@ -114,9 +114,14 @@ def lca(
 
 
 def refit(batch: int, dim: int, support_sizes: Sequence[int]) -> Flops:
-    """Least squares on each sample's support, padded to `k` atoms, once per round (k per round given)."""
+    """Least squares on each sample's support, padded to `k` atoms, once per round (k per round given): the normal
+    equations by Cholesky with one refinement step when k <= dim, else an SVD (`encoders._support`)."""
     flops = Flops()
     for k in support_sizes:
+        if k <= dim:
+            gram = matmul(k, dim, k) + matmul(k, dim, 1) * 2 + matmul(dim, k, 1)  # Gram, 2 right-hand sides, residual
+            flops += gram * batch + cholesky(batch, k) + elementwise(batch * k, 4 * k + 2)  # factor; 4 solves; updates
+            continue
         rank = min(dim, k)
         flops += svd(dim, k) * batch + matmul(rank, dim, 1) * batch + matmul(k, rank, 1) * batch
         flops += elementwise(batch * rank, 2)
