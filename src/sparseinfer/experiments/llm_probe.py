@@ -10,8 +10,9 @@ dictionary under every method, each calibrated to the dictionary's target L0 (as
 - Each method is the evaluate stage's: its calibrated penalty (or k) is read from `out/evaluate/rows/` and the
   encoder rebuilt (`calibrated_method`), so the stage adds no bisection; a row the evaluate stage could not
   calibrate is an error row here too. Without an evaluate row the method is calibrated as `build_method` does.
-- Cost: every row encodes the same probe tokens (`PROBE_SIZES`; the summary says how many), so the iterative
-  methods dominate; the dense probe and the letter probes are fitted once.
+- Cost: every row encodes the same probe tokens (`PROBE_SIZES`; the summary says how many): the passages, the
+  letter-probe train tokens and only the test tokens absorption scores. So the iterative methods dominate; the
+  dense probe and the letter probes are fitted once, the small probes with one BLAS thread.
 
 `out/probe.parquet`: one row per dictionary x method x target x task x k (absorption rows have k = 0), `value` the
 pooled held-out accuracy (or absorption rate / fraction over the probe-positive test tokens), `ci_low`/`ci_high`
@@ -55,7 +56,9 @@ class ProbeSizes:
 
 PROBE_SIZES = {
     "micro": ProbeSizes(brown_docs=150, sotu_docs=0, passage_tokens=8, letter_tokens=64),
-    "quick": ProbeSizes(brown_docs=120, sotu_docs=90, passage_tokens=8, letter_tokens=1000),
+    # quick: 6-token passages (was 8) keep every document, so the genre and period intervals keep their widths;
+    # docs/evaluation.md has the measured cost
+    "quick": ProbeSizes(brown_docs=120, sotu_docs=90, passage_tokens=6, letter_tokens=1000),
     "study": ProbeSizes(brown_docs=500, sotu_docs=233, passage_tokens=128, letter_tokens=20_000),
 }
 
@@ -95,7 +98,13 @@ def stage_probe(preset: LLMPreset, out: Path, progress: Progress, sizes: ProbeSi
     calibration when that row exists. A task without a class in both splits is left out (said). Returns the
     summary: rows, tasks, letter probes, tokens encoded per row (per task), calibrations reused, seconds."""
     from sparseinfer.data.store import ActivationStore
-    from sparseinfer.evaluation.absorption import encode, evaluate_absorption, fit_letter_probes, letter_data_from_store
+    from sparseinfer.evaluation.absorption import (
+        encode,
+        evaluate_absorption,
+        fit_letter_probes,
+        letter_data_from_store,
+        scored_test_tokens,
+    )
     from sparseinfer.evaluation.downstream import hook_point
     from sparseinfer.evaluation.probing import binary_classes, corpus_tasks, evaluate_probes, long_rows
     from sparseinfer.evaluation.runs import calibration_signals
@@ -120,10 +129,13 @@ def stage_probe(preset: LLMPreset, out: Path, progress: Progress, sizes: ProbeSi
         tasks = [t for t in tasks if binary_classes(t)]
         letters = letter_data_from_store(held_out, tokenizer, sizes.letter_tokens, preset.seed)
         probes = fit_letter_probes(letters, seed=preset.seed)
+        scored = int(scored_test_tokens(letters, probes).sum())  # the only test tokens evaluate_absorption encodes
         summary["tokens"] = {t.name: int(t.x.shape[0]) for t in tasks} | {
-            "first_letter": int(letters.x_train.shape[0] + letters.x_test.shape[0])}  # fmt: skip
+            "first_letter": int(letters.x_train.shape[0] + letters.x_test.shape[0]),
+            "first_letter_scored": scored,
+        }
         shared = {id(t.x): int(t.x.shape[0]) for t in tasks}  # tasks on the same tokens are encoded once
-        summary["tokens_per_row"] = sum(shared.values()) + summary["tokens"]["first_letter"]
+        summary["tokens_per_row"] = sum(shared.values()) + int(letters.x_train.shape[0]) + scored
         progress(f"probe: {len(tasks)} probing tasks, {len(probes)} letter probes, {summary['tokens_per_row']} "
                  f"tokens per row ({time.perf_counter() - start:.0f} s)")  # fmt: skip
         if not dense_path.exists():
