@@ -112,3 +112,20 @@ def test_prevalence_matched_threshold_ignores_a_constant_yes_bias() -> None:
     assert prevalence_matched(truth, [0.9, 0.2, 0.8, 0.1])[0] == 0.5
     # a tie at the cut between one true and one false: each half-called "yes"
     assert prevalence_matched([True, False, True, False], [0.9, 0.5, 0.5, 0.1])[0] == 0.75
+
+
+def test_score_latent_fuzzes_n_fuzz_windows_and_detects_n_samples() -> None:
+    """`n_fuzz` sets fuzzing's held-out windows (two questions each) apart from detection's positives."""
+    from sparseinfer.interp.latent import InterpretConfig, score_latent
+
+    def respond(payload):
+        text = payload["messages"][-1]["content"]
+        return "the word fox" if "What does the feature detect?" in text else "Yes"
+
+    with FakeLLMServer(respond) as srv, ChatClient(LLMConfig(base_url=srv.base_url)) as client:
+        config = InterpretConfig(n_explain=1, n_samples=2, n_fuzz=1, embedding=False)
+        row = score_latent(client, _record(), config)
+    asked = [p["messages"][-1]["content"] for p in srv.payloads]
+    assert sum("The marked token is" in q for q in asked) == 2 + 3  # 2 held-out positives, 3 negatives
+    assert sum("In this text the token" in q for q in asked) == 2  # one window: its peak and one silent token
+    assert row["explanation"] == "the word fox" and row["fuzzing_bacc"] == 0.5  # "Yes" to both: no information

@@ -178,7 +178,7 @@ def test_warm_lca_and_debias_flops_equal_flop_counter() -> None:
     assert encoder.flops(9, 6, 20).matmul == counter.get_total_flops()
     with FlopCounterMode(display=False) as counter:
         _, sizes = refit_with_sizes(x, dictionary.atoms.detach(), init, nonneg=True)
-    assert proximal_flops.refit(9, 6, sizes).matmul == counter.get_total_flops()
+    assert proximal_flops.refit(9, 6, sizes, 20).matmul == counter.get_total_flops()
 
 
 def test_diagnostics_report_unconverged_samples() -> None:
@@ -313,7 +313,7 @@ def test_refit_by_normal_equations_matches_lstsq_and_its_flops() -> None:
     with FlopCounterMode(display=False) as counter:
         refitted, sizes = refit_with_sizes(x, atoms, codes, nonneg=False)
     assert sizes == [12]
-    assert proximal_flops.refit(40, 24, sizes).matmul == counter.get_total_flops()
+    assert proximal_flops.refit(40, 24, sizes, 64).matmul == counter.get_total_flops()
     single = refit_on_support(x.float(), atoms.float(), codes.float())
     for row in range(40):
         support = codes[row].nonzero().flatten().numpy()

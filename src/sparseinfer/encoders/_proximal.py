@@ -225,7 +225,7 @@ class ProximalEncoder(IterativeEncoder):
         total = self._formula(batch, dim, n_latents, iterations)
         if self.debias:
             sizes = self._support_sizes if self._support_sizes is not None else [min(dim, n_latents)]
-            total += flops.refit(batch, dim, sizes)
+            total += flops.refit(batch, dim, sizes, n_latents)
         return total
 
     def inference_flops(self, batch: int, dim: int, n_latents: int) -> int:

@@ -177,7 +177,7 @@ class GradientEncoder(IterativeEncoder):
         total = optimisation.gradient(batch, dim, n_latents, steps, self.optimiser, self.parameterisation, self._warm)
         if self.debias:
             sizes = self._support_sizes if self._support_sizes is not None else [min(dim, n_latents)]
-            total = total + proximal.refit(batch, dim, sizes)
+            total = total + proximal.refit(batch, dim, sizes, n_latents)
         return total
 
     def inference_flops(self, batch: int, dim: int, n_latents: int) -> int:

@@ -69,7 +69,7 @@ class ExactLasso:
         )
         if self.debias:
             sizes = self._support_sizes if self._support_sizes is not None else [min(dim, n_latents)]
-            total += flops.refit(batch, dim, sizes)
+            total += flops.refit(batch, dim, sizes, n_latents)
         return total
 
 

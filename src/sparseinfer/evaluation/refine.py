@@ -111,7 +111,7 @@ class RefinedEncoder(Encoder):
         if self.method == "sae":
             return base
         if self.method == "support-refit":
-            return base + proximal.refit(batch, dim, self._sizes).total
+            return base + proximal.refit(batch, dim, self._sizes, n_latents).total
         assert self.solver is not None
         return base + self.solver.inference_flops(batch, dim, n_latents)
 

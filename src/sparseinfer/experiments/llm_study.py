@@ -145,8 +145,9 @@ def method_settings(method: str, family: str, encoder: Any, preset: LLMPreset) -
     solver = {"max_iter": preset.solver_iter}
     if method == "own" and family != "sparse_coding":
         return "", {}, None
-    if method == "own":  # the sparse-coding dictionary's own inference: Adam on the codes, penalty calibrated
-        return "gradient", {"max_iter": encoder.max_iter}, None
+    if method == "own":  # the sparse-coding dictionary's own inference as trained (Adam on the codes, no refit),
+        # only its penalty calibrated: the defaults' debiasing refit made this row take over 9 minutes
+        return "gradient", {k: v for k, v in encoder.config.model_dump().items() if k != "penalty"}, None
     if method == "ito":
         return "ito", solver, encoder
     return method, solver if method == "fista" else {}, None

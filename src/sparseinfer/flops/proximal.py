@@ -113,14 +113,26 @@ def lca(
     return flops + elementwise(batch * n_latents, 3) if warm_start else flops
 
 
-def refit(batch: int, dim: int, support_sizes: Sequence[int]) -> Flops:
+REFIT_GRAM_LIMIT = 1 << 26  # entries of D D^T (256 MB in float32) up to which the refit gathers from it
+
+
+def refit_uses_gram(n_latents: int) -> bool:
+    """Whether the support refit gathers its systems from the dictionary's Gram matrix D D^T (`encoders._support`)."""
+    return n_latents * n_latents <= REFIT_GRAM_LIMIT
+
+
+def refit(batch: int, dim: int, support_sizes: Sequence[int], n_latents: int) -> Flops:
     """Least squares on each sample's support, padded to `k` atoms, once per round (k per round given): the normal
-    equations by Cholesky with one refinement step when k <= dim, else an SVD (`encoders._support`)."""
+    equations by Cholesky with one refinement step when k <= dim (their matrices gathered from D D^T and x D^T, both
+    computed once, when `refit_uses_gram`; else formed from the atoms), else an SVD (`encoders._support`)."""
     flops = Flops()
+    by_gram = refit_uses_gram(n_latents) and any(k <= dim for k in support_sizes)
+    if by_gram:
+        flops += matmul(n_latents, dim, n_latents) + matmul(batch, dim, n_latents)
     for k in support_sizes:
         if k <= dim:
-            gram = matmul(k, dim, k) + matmul(k, dim, 1) * 2 + matmul(dim, k, 1)  # Gram, 2 right-hand sides, residual
-            flops += gram * batch + cholesky(batch, k) + elementwise(batch * k, 4 * k + 2)  # factor; 4 solves; updates
+            formed = Flops() if by_gram else (matmul(k, dim, k) + matmul(k, dim, 1)) * batch
+            flops += formed + matmul(k, k, 1) * batch + cholesky(batch, k) + elementwise(batch * k, 4 * k + 4)
             continue
         rank = min(dim, k)
         flops += svd(dim, k) * batch + matmul(rank, dim, 1) * batch + matmul(k, rank, 1) * batch

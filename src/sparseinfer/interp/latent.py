@@ -37,6 +37,7 @@ class InterpretConfig:
     controls: bool = False
     n_planted: int = 24
     shuffled_fuzz: bool = False
+    n_fuzz: int | None = None  # held-out windows fuzzed (2 questions each); None: n_samples, as detection's positives
 
 
 def score_latent(client: ChatClient, record: LatentExamples, config: InterpretConfig, embed: Embedder | None = None,
@@ -50,10 +51,11 @@ def score_latent(client: ChatClient, record: LatentExamples, config: InterpretCo
     row: dict[str, Any] = {"latent": record.latent, "frequency": record.frequency, "unparsed": 0,
                            "max_activation": record.max_activation, "explanation": explanation}  # fmt: skip
     fuzz = config.fuzz if fuzz is None else fuzz
-    scorers = [("detection", detection)] + ([("fuzzing", fuzzing)] if fuzz else [])
-    for name, scorer in scorers:
+    n_fuzz = config.n_samples if config.n_fuzz is None else config.n_fuzz
+    scorers = [("detection", detection, config.n_samples)] + ([("fuzzing", fuzzing, n_fuzz)] if fuzz else [])
+    for name, scorer, n_positives in scorers:
         try:
-            score = scorer(client, explanation, record, config.n_explain, config.n_samples)
+            score = scorer(client, explanation, record, config.n_explain, n_positives)
         except SparseInferError:  # too few held-out or negative windows
             row |= {f"{name}_{m}": float("nan") for m in ("bacc", "f1", "auroc", "bacc_at_half")}
             continue
