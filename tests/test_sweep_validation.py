@@ -84,7 +84,10 @@ def test_failed_runs_exit_1_with_one_line_naming_them(tmp_path: Path, monkeypatc
     out = tmp_path / "out"
     result = CliRunner().invoke(app, ["sweep", str(config), "--out", str(out)])
     assert result.exit_code == 1, result.output
-    [line] = result.stderr.splitlines()
+    # stderr also carries the sweep's progress lines (a batch log is not a terminal); the error is one line, last
+    lines = result.stderr.splitlines()
+    [line] = [text for text in lines if text.startswith("error:")]
+    assert lines[-1] == line and all(text.startswith("runs") for text in lines[:-1]), lines
     [bad] = [p.name for p in (out / "runs").iterdir() if "-bad-" in p.name]
     assert line.startswith(f"error: 1 of 2 run(s) failed: {bad} (tracebacks in {out / 'runs'}/<run_id>/error.txt")
     assert line.endswith(f"first: {bad}: RuntimeError: the solver diverged")
