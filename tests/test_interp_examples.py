@@ -138,6 +138,12 @@ def test_interpret_pipeline_and_cli(setup, tmp_path):
         again, _ = interpret(encoders, root / "store", tmp_path / "out", client, config)  # resumes: nothing to do
         assert len(srv.payloads) == sent
         pd.testing.assert_frame_equal(scores, again)
+        scores_file = tmp_path / "out" / "scores.parquet"  # written atomically; a damaged one is refused by name
+        whole = scores_file.read_bytes()
+        scores_file.write_bytes(whole[: len(whole) // 2])
+        with pytest.raises(SparseInferError, match=r"corrupt results file .*scores\.parquet.*delete it"):
+            interpret(encoders, root / "store", tmp_path / "out", client, config)
+        scores_file.write_bytes(whole)
     assert len(scores) == 8 and set(scores.encoder) == {"relu", "topk"}
     assert (scores.explanation == "the word fox").all()
     assert scores.detection_bacc.between(0, 1).all() and (scores.unparsed == 0).all()

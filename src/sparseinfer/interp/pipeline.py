@@ -23,6 +23,7 @@ from typing import Any
 
 import pandas as pd
 
+from sparseinfer import atomic
 from sparseinfer.data.store import ActivationStore
 from sparseinfer.errors import SparseInferError
 from sparseinfer.interp.client import ChatClient, map_latents
@@ -48,6 +49,22 @@ SUMMARY = "summary.parquet"
 COMPARISON = "comparison.parquet"
 CONTROLS = "controls.parquet"
 CONTROLS_SUMMARY = "controls_summary.parquet"
+
+
+def save_table(table: pd.DataFrame, path: Path) -> None:
+    """Write `table` as Parquet atomically: the per-latent tables are rewritten after every latent, and a kill
+    during a plain write would leave a file that no resume can read."""
+    atomic.write_with(path, lambda tmp: table.to_parquet(tmp))
+
+
+def load_rows(path: Path) -> list[dict[str, Any]]:
+    """The rows of a per-latent table written by `save_table` (none when it does not exist yet)."""
+    if not path.exists():
+        return []
+    try:
+        return pd.read_parquet(path).to_dict("records")
+    except (OSError, ValueError) as err:  # pyarrow's errors derive from these
+        raise SparseInferError(f"corrupt results file {path} ({err}); delete it to score its latents again") from None
 
 
 def load_tokenizer(model: str) -> Any:
@@ -128,8 +145,7 @@ def interpret(
     if config.controls:
         run_controls(store, out, clients, config, tokenizer, embed, progress)
     scores_path = out / SCORES
-    done = pd.read_parquet(scores_path) if scores_path.exists() else pd.DataFrame()
-    rows = done.to_dict("records")
+    rows = load_rows(scores_path)
     finished = {(r["encoder"], r["latent"]) for r in rows}
     lm = None
     chosen: dict[str, list[int]] = {}
@@ -153,16 +169,16 @@ def interpret(
 
         for row in map_latents(clients, work, records):
             rows.append(row)
-            pd.DataFrame(rows).to_parquet(scores_path)
+            save_table(pd.DataFrame(rows), scores_path)
             progress(f"{label} latent {row['latent']}: {row['explanation']!r} detection balanced accuracy "
                      f"{row['detection_bacc']:.2f} ({row['seconds']:.1f} s)")  # fmt: skip
     scores = pd.DataFrame(rows)
     if scores.empty:
         return scores, pd.DataFrame()
     metrics = [m for m in METRICS if m in scores]
-    summarise(scores, metrics).to_parquet(out / SUMMARY)
+    save_table(summarise(scores, metrics), out / SUMMARY)
     comparison = pd.concat([compare(scores, m) for m in metrics], ignore_index=True)
-    comparison.to_parquet(out / COMPARISON)
+    save_table(comparison, out / COMPARISON)
     return scores, comparison
 
 
@@ -186,12 +202,12 @@ def run_controls(store: ActivationStore, out: Path, client: ChatClient | list[Ch
         save_examples(records, path)
     records, names = load_examples(path), json.loads(names_path.read_text())
     controls_path = out / CONTROLS
-    rows = pd.read_parquet(controls_path).to_dict("records") if controls_path.exists() else []
+    rows = load_rows(controls_path)
     done = {(r["control"], r["latent"]) for r in rows}
 
     def record_row(control: str, feature: str, row: dict[str, Any]) -> None:
         rows.append({"control": control, "feature": feature, **row})
-        pd.DataFrame(rows).to_parquet(controls_path)
+        save_table(pd.DataFrame(rows), controls_path)
         progress(f"control {control} {feature!r}: {row['explanation']!r} detection balanced accuracy "
                  f"{row['detection_bacc']:.2f} ({row['seconds']:.1f} s)")  # fmt: skip
 
@@ -212,5 +228,5 @@ def run_controls(store: ActivationStore, out: Path, client: ChatClient | list[Ch
     for i, row in zip(todo, map_latents(client, shuffled, todo), strict=True):
         record_row("shuffled", names[i], row)
     table = pd.DataFrame(rows)
-    control_summary(table, list(METRICS)).to_parquet(out / CONTROLS_SUMMARY)
+    save_table(control_summary(table, list(METRICS)), out / CONTROLS_SUMMARY)
     return table
