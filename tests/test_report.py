@@ -239,6 +239,14 @@ def test_missing_and_bad_results(tmp_path: Path) -> None:
         load_results(tmp_path)
 
 
+def test_notes_with_their_own_heading_get_no_second_one(tmp_path: Path) -> None:
+    _make_results_dir(tmp_path, with_notes=False)
+    (tmp_path / "notes.md").write_text("## How this run follows the protocol\n- Hungarian matching.\n")
+    text = write_report(tmp_path).read_text()
+    assert "## How this run follows the protocol\n- Hungarian matching." in text
+    assert "Notes on the protocol" not in text
+
+
 def test_missing_history_is_noted_and_bad_history_rejected(tmp_path: Path) -> None:
     results = _make_results_dir(tmp_path, with_notes=False)
     results[results["setting"] == "known_codes"].to_parquet(tmp_path / "results.parquet", index=False)

@@ -214,7 +214,7 @@ def _figure_set(
             ax.set_title(_Y_LABELS[metric].split(" (")[0])
         what = "training step" if axis == "step" else "total FLOPs"
         over = "model and data seeds" if data_bands else "seeds"
-        fig.suptitle(f"{setting}: MCC vs {what} ({size_text}; mean ± std over {over})")
+        fig.suptitle(f"{setting}: MCC vs {what}\n({size_text}; mean ± std over {over})")  # two lines: fits
         _legend(fig, [handles[k] for k in sorted(handles)], post_phase=post_phase, data_bands=data_bands)
         result.files[axis] = _save(fig, out_dir / f"{stem}_mcc_vs_{axis}")
     front = frontier({name: (c.x, c.mean) for name, c in flops_curves.items()})

@@ -30,10 +30,11 @@ def write_llm_report(out: Path) -> Path:
     ok = results[results["error"] == ""].copy()
     ok["label"] = ok.apply(_method_label, axis=1)
     figures = []
+    styled = {"colour": "dictionary", "style": "method"}  # a colour per dictionary, a line style per method
     if len(ok):
-        figures.append(frontier_figure(ok, out, x="l0", group="label", name="frontier_l0.png"))
+        figures.append(frontier_figure(ok, out, x="l0", group="label", name="frontier_l0.png", **styled))
         figures.append(
-            frontier_figure(ok, out, x="inference_flops_per_token", group="label", name="frontier_flops.png")
+            frontier_figure(ok, out, x="inference_flops_per_token", group="label", name="frontier_flops.png", **styled)
         )
     lines = [f"# Language-model study: preset `{config['preset']['name']}`", "",
              f"Model {config['preset']['model']} at {config['preset']['hook']}, corpus `{config['preset']['text']}`, "

@@ -230,7 +230,9 @@ def _markdown(
         ]
     notes = results_dir / NOTES_FILE
     if notes.is_file():
-        lines += ["## Notes on the protocol", "", notes.read_text(encoding="utf-8").strip(), ""]
+        text = notes.read_text(encoding="utf-8").strip()
+        heading = [] if text.startswith("#") else ["## Notes on the protocol", ""]  # notes with their own heading
+        lines += [*heading, text, ""]
     if absent:
         shown = ", ".join(absent[:10]) + (f", … ({len(absent)} in all)" if len(absent) > 10 else "")
         lines += [f"> No history file for {len(absent)} run(s), left out of the figures: {shown}", ""]
