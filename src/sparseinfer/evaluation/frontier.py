@@ -54,7 +54,7 @@ def frontier_figure(
         ax.set_ylabel(METRICS[metric])
         if metric == "ce" and "ce_clean" in table:
             ax.axhline(float(table["ce_clean"].iloc[0]), ls="--", c="k", lw=0.8, label="clean")
-    handles, labels = axes[0][0].get_legend_handles_labels()
+    handles, labels = axes[0][-1].get_legend_handles_labels()  # the last axes: the CE one has the clean line
     fig.legend(handles, labels, fontsize=7, loc="center left", bbox_to_anchor=(1.0, 0.5))  # outside the data
     against = "sparsity" if x == "l0" else "inference compute"
     fig.suptitle(f"held-out activations: reconstruction and downstream loss against {against}")
