@@ -323,6 +323,7 @@ def lars_lasso(
         theta = np.zeros(slots)
         beta = np.zeros(slots)
         w = np.zeros(slots)
+        ratio = np.empty(n)
         for i in range(block * BLOCK, min(batch, (block + 1) * BLOCK)):
             _lars_one(
                 gram,
@@ -340,6 +341,7 @@ def lars_lasso(
                 theta,
                 beta,
                 w,
+                ratio,
                 index_out,
                 value_out,
                 size_out,
@@ -349,8 +351,62 @@ def lars_lasso(
             )
 
 
-@numba.njit(cache=True)
-def _lars_one(gram, b, penalty, nonneg, limit, max_steps, eps, i, c, a, active, chol, theta, beta, w,
+@numba.njit(cache=True, inline="always", fastmath=True)
+def _direction(gram: Any, index: Any, w: Any, size: int, a: Any) -> None:
+    """a = sum_s w[s] gram[index[s]] (the correlations' rate of change along the segment), four Gram rows per pass
+    so that `a` is loaded and stored size / 4 times instead of size."""
+    n = a.shape[0]
+    for q in range(n):
+        a[q] = 0.0
+    s = 0
+    while s + 4 <= size:
+        r0, r1, r2, r3 = gram[index[s]], gram[index[s + 1]], gram[index[s + 2]], gram[index[s + 3]]
+        w0, w1, w2, w3 = w[s], w[s + 1], w[s + 2], w[s + 3]
+        for q in range(n):
+            a[q] += w0 * r0[q] + w1 * r1[q] + w2 * r2[q] + w3 * r3[q]
+        s += 4
+    while s < size:
+        r0, w0 = gram[index[s]], w[s]
+        for q in range(n):
+            a[q] += w0 * r0[q]
+        s += 1
+
+
+@numba.njit(cache=True, inline="always", fastmath=True, error_model="numpy")
+def _entering(a: Any, c: Any, lam: float, active: Any, dropped: int, nonneg: bool, step: float,
+              ratio: Any) -> tuple[int, float]:  # fmt: skip
+    """The first inactive atom (not `dropped`) whose correlation reaches +-lam along `a`, and its step; (-1, step)
+    when none comes before `step`.
+
+    Branch-free: every atom's step goes into `ratio` (inf where none; a zero denominator gives inf or nan, and
+    both fail the tests), then one min pass and one search for its first place, so the loops vectorise (the
+    branchy single pass took a third of the kernel at (256, 1024, 16)).
+    """
+    n = a.shape[0]
+    inf = np.inf
+    for q in range(n):
+        up = 1.0 - a[q]
+        d = (lam - c[q]) / up
+        d = d if (up > 0) & (d > 0) else inf
+        if not nonneg:
+            down = 1.0 + a[q]
+            e = (lam + c[q]) / down
+            d = min(d, e if (down > 0) & (e > 0) else inf)
+        ratio[q] = inf if active[q] else d
+    if dropped >= 0:
+        ratio[dropped] = inf
+    best = step
+    for q in range(n):
+        best = min(best, ratio[q])
+    if best < step:
+        for q in range(n):
+            if ratio[q] == best:
+                return q, best
+    return -1, step
+
+
+@numba.njit(cache=True, error_model="numpy")
+def _lars_one(gram, b, penalty, nonneg, limit, max_steps, eps, i, c, a, active, chol, theta, beta, w, ratio,
               index_out, value_out, size_out, steps_out, work_out, status_out):  # fmt: skip
     """`lars_lasso` on signal i, in the given scratch arrays."""
     n, slots = b.shape[1], index_out.shape[1]
@@ -372,25 +428,12 @@ def _lars_one(gram, b, penalty, nonneg, limit, max_steps, eps, i, c, a, active, 
                 status = 1
                 break
             _chol_solve(chol, theta, size, w)
-            a[:] = 0.0
-            for s in range(size):
-                row = gram[index[s]]
-                ws = w[s]
-                for q in range(n):
-                    a[q] += ws * row[q]
+            _direction(gram, index, w, size, a)
             work += size
             step, kind, who = lam - penalty, 0, -1
-            for q in range(n):
-                if active[q] or q == dropped:
-                    continue
-                if 1.0 - a[q] > 0:
-                    d = (lam - c[q]) / (1.0 - a[q])
-                    if 0 < d < step:
-                        step, kind, who = d, 1, q
-                if not nonneg and 1.0 + a[q] > 0:
-                    d = (lam + c[q]) / (1.0 + a[q])
-                    if 0 < d < step:
-                        step, kind, who = d, 1, q
+            q, d = _entering(a, c, lam, active, dropped, nonneg, step, ratio)
+            if q >= 0:
+                step, kind, who = d, 1, q
             for s in range(size):
                 if beta[s] * w[s] < 0:
                     d = -beta[s] / w[s]
