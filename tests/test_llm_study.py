@@ -97,6 +97,8 @@ def test_a_changed_preset_is_refused_on_resume(assets, tmp_path) -> None:
     run_llm_study(micro(assets), out, stop_after="data")
     with pytest.raises(SparseInferError, match="another preset"):
         run_llm_study(micro(assets, steps=7), out, resume=True, stop_after="data")
+    # a reworded time estimate changes no result: the study resumes
+    assert run_llm_study(micro(assets, expected="minutes"), out, resume=True, stop_after="data")["data"]
 
 
 def test_sigkill_loses_at_most_the_stage_in_progress(assets, tmp_path) -> None:

@@ -260,6 +260,12 @@ def stage_interp(preset: LLMPreset, out: Path, progress: Progress, base_url: str
     return {"latents": len(scores), "families": families}
 
 
+def _compared(settings: dict[str, Any]) -> dict[str, Any]:
+    """The preset settings a resumed study must share: all but `expected`, a description of the run time that a
+    new release may reword without changing any result."""
+    return {k: v for k, v in settings.items() if k != "expected"}
+
+
 def _write_config(preset: LLMPreset, out: Path, resume: bool) -> None:
     """config.yaml with the resolved preset; a resumed study must use the same preset."""
     path = out / "config.yaml"
@@ -268,7 +274,7 @@ def _write_config(preset: LLMPreset, out: Path, resume: bool) -> None:
         before = yaml.safe_load(path.read_text())
         if not resume:
             raise SparseInferError(f"{out} already holds a study; pass --resume to continue it or choose another --out")
-        if before.get("preset") != settings["preset"]:
+        if _compared(before.get("preset") or {}) != _compared(settings["preset"]):
             raise SparseInferError(
                 f"{out} holds a study of another preset ({before['preset']['name']}); use a new --out"
             )
