@@ -16,6 +16,7 @@ import stat
 import tempfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 from sparseinfer.errors import SparseInferError
 
@@ -95,3 +96,14 @@ def write_bytes(path: str | Path, data: bytes, parents: bool = False) -> Path:
 def write_text(path: str | Path, text: str, parents: bool = False) -> Path:
     """Write UTF-8 `text` to `path` atomically."""
     return write_with(path, lambda tmp: tmp.write_text(text, encoding="utf-8"), parents)
+
+
+def write_parquet(path: str | Path, table: Any, parents: bool = False) -> Path:
+    """Write a pandas DataFrame as Parquet (pyarrow, no index) atomically; columns pyarrow cannot store (mixed
+    types) are a one-line SparseInferError."""
+    import pyarrow as pa
+
+    try:
+        return write_with(path, lambda tmp: table.to_parquet(tmp, engine="pyarrow", index=False), parents)
+    except (pa.ArrowInvalid, pa.ArrowTypeError, pa.ArrowNotImplementedError) as exc:
+        raise SparseInferError(f"cannot write {path} as Parquet: {exc}") from exc

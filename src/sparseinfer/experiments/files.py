@@ -8,7 +8,7 @@ A run folder is complete iff its `result.json` exists and parses: runs write it 
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -21,11 +21,6 @@ from sparseinfer.errors import SparseInferError
 RESULT_FILE = "result.json"
 RESULTS_TABLE = "results.parquet"
 RUNS_DIR = "runs"
-
-
-def _atomic_write(path: Path, write: Callable[[Path], None]) -> None:
-    """Let `write(tmp)` fill a temporary file beside `path`, then move it onto `path` (the core atomic writer)."""
-    atomic.write_with(path, write, parents=True)
 
 
 def write_text(path: Path, text: str) -> None:
@@ -97,12 +92,7 @@ def read_yaml(path: Path) -> Any:
 
 def write_parquet(path: Path, df: pd.DataFrame) -> None:
     """Write a DataFrame as Parquet (pyarrow), atomically; columns of mixed types are a SparseInferError."""
-    import pyarrow as pa
-
-    try:
-        _atomic_write(Path(path), lambda tmp: df.to_parquet(tmp, engine="pyarrow", index=False))
-    except (pa.ArrowInvalid, pa.ArrowTypeError, pa.ArrowNotImplementedError) as exc:
-        raise SparseInferError(f"cannot write {path} as Parquet: {exc}") from exc
+    atomic.write_parquet(Path(path), df, parents=True)
 
 
 def read_parquet(path: Path) -> pd.DataFrame:

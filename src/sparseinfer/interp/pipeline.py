@@ -51,14 +51,9 @@ CONTROLS = "controls.parquet"
 CONTROLS_SUMMARY = "controls_summary.parquet"
 
 
-def save_table(table: pd.DataFrame, path: Path) -> None:
-    """Write `table` as Parquet atomically: the per-latent tables are rewritten after every latent, and a kill
-    during a plain write would leave a file that no resume can read."""
-    atomic.write_with(path, lambda tmp: table.to_parquet(tmp))
-
-
 def load_rows(path: Path) -> list[dict[str, Any]]:
-    """The rows of a per-latent table written by `save_table` (none when it does not exist yet)."""
+    """The rows of a per-latent table (none when it does not exist yet). These tables are rewritten after every
+    latent, always through `atomic.write_parquet`: a kill during a plain write would leave a file no resume reads."""
     if not path.exists():
         return []
     try:
@@ -169,16 +164,16 @@ def interpret(
 
         for row in map_latents(clients, work, records):
             rows.append(row)
-            save_table(pd.DataFrame(rows), scores_path)
+            atomic.write_parquet(scores_path, pd.DataFrame(rows))
             progress(f"{label} latent {row['latent']}: {row['explanation']!r} detection balanced accuracy "
                      f"{row['detection_bacc']:.2f} ({row['seconds']:.1f} s)")  # fmt: skip
     scores = pd.DataFrame(rows)
     if scores.empty:
         return scores, pd.DataFrame()
     metrics = [m for m in METRICS if m in scores]
-    save_table(summarise(scores, metrics), out / SUMMARY)
+    atomic.write_parquet(out / SUMMARY, summarise(scores, metrics))
     comparison = pd.concat([compare(scores, m) for m in metrics], ignore_index=True)
-    save_table(comparison, out / COMPARISON)
+    atomic.write_parquet(out / COMPARISON, comparison)
     return scores, comparison
 
 
@@ -207,7 +202,7 @@ def run_controls(store: ActivationStore, out: Path, client: ChatClient | list[Ch
 
     def record_row(control: str, feature: str, row: dict[str, Any]) -> None:
         rows.append({"control": control, "feature": feature, **row})
-        save_table(pd.DataFrame(rows), controls_path)
+        atomic.write_parquet(controls_path, pd.DataFrame(rows))
         progress(f"control {control} {feature!r}: {row['explanation']!r} detection balanced accuracy "
                  f"{row['detection_bacc']:.2f} ({row['seconds']:.1f} s)")  # fmt: skip
 
@@ -228,5 +223,5 @@ def run_controls(store: ActivationStore, out: Path, client: ChatClient | list[Ch
     for i, row in zip(todo, map_latents(client, shuffled, todo), strict=True):
         record_row("shuffled", names[i], row)
     table = pd.DataFrame(rows)
-    save_table(control_summary(table, list(METRICS)), out / CONTROLS_SUMMARY)
+    atomic.write_parquet(out / CONTROLS_SUMMARY, control_summary(table, list(METRICS)))
     return table
