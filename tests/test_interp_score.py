@@ -4,6 +4,7 @@ explainer prompt and reply cleaning, and fuzzing's marked tokens."""
 from __future__ import annotations
 
 import math
+import re
 
 import numpy as np
 import pandas as pd
@@ -15,7 +16,7 @@ from sparseinfer.interp.client import ChatClient, LLMConfig
 from sparseinfer.interp.examples import Example, LatentExamples
 from sparseinfer.interp.explain import clean_explanation, explain, explainer_messages
 from sparseinfer.interp.fake import FakeLLMServer
-from sparseinfer.interp.score import DETECT_SYSTEM, binary_scores, detection, fuzzing, parse_yes_no
+from sparseinfer.interp.score import JUDGE_SYSTEM, binary_scores, detection, fuzzing, parse_yes_no
 from sparseinfer.interp.stats import compare
 
 
@@ -62,7 +63,7 @@ def _record() -> LatentExamples:
 
 def test_explainer_prompt_and_cleaning():
     messages = explainer_messages(_record().top)
-    assert "Excerpt 1: a<< fox>> ran" in messages[1]["content"] and "activation 1.50" in messages[1]["content"]
+    assert "Excerpt 1: a<< fox>> ran\n  marked token: ' fox'\n" in messages[1]["content"]
     assert clean_explanation('\n  Explanation: "the word fox"\nmore') == "the word fox"
     assert clean_explanation("   ") == ""
     # boilerplate that would turn the detection question into nonsense is stripped
@@ -78,9 +79,9 @@ def test_detection_and_fuzzing_with_a_scripted_llm():
         if "What does the feature detect?" in text:
             return "the word fox"
         body = text.split("Text: ", 1)[1].split("\n\n")[0]
-        if "The marked token is" in text:  # detection: every window marked at its peak (this or another latent's)
-            return "Yes" if "fox" in body.split("<<", 1)[1].split(">>", 1)[0] else "I cannot tell"  # unparsed: no
-        return "Yes" if "<< fox>>" in body else "No"  # fuzzing: right only when the marked token is fox
+        if " cat" in body:  # detection's negatives (another latent's windows): an unparsable answer, P = 0.5
+            return "I cannot tell"
+        return "Yes" if "<< fox>>" in body else "No"  # right only when the marked token is fox
 
     with FakeLLMServer(respond) as srv, ChatClient(LLMConfig(base_url=srv.base_url)) as client:
         rec = _record()
@@ -91,12 +92,15 @@ def test_detection_and_fuzzing_with_a_scripted_llm():
     # the server sends text without logprobs: the reply's yes/no decides; "I cannot tell" is unparsed (P = 0.5)
     assert (det.balanced_accuracy, det.f1, det.n, det.unparsed, det.auroc) == (1.0, 1.0, 5, 3, 1.0)
     assert (fz.balanced_accuracy, fz.n) == (1.0, 4)
-    # detection questions carry the fixed worked examples as a system message (one cached prefix for all of them);
-    # fuzzing and explanation requests do not
-    detect = [p for p in srv.payloads if "The marked token is" in p["messages"][-1]["content"]]
-    assert len(detect) == 5 and all(p["messages"][0]["content"] == DETECT_SYSTEM for p in detect)
-    assert all(p["messages"][0]["role"] != "system" or p["messages"][0]["content"] != DETECT_SYSTEM
-               for p in srv.payloads if p not in detect)  # fmt: skip
+    # every question carries the fixed worked examples as its system message and the explanation first (one
+    # cached prefix for all of a latent's questions), then the window and its marked token named; the explanation
+    # request does not
+    questions = [p for p in srv.payloads if p["messages"][0]["content"] == JUDGE_SYSTEM]
+    assert len(questions) == 5 + 4 and len(srv.payloads) == 1 + 5 + 4
+    for p in questions:
+        text = p["messages"][-1]["content"]
+        assert text.startswith("Feature: the word fox\n\nText: ")
+        assert re.search(r"\n\nThe marked token is <<(fox|a|ran|cat|the|sat)>>\. Is it the word fox\?$", text)
 
 
 def test_prevalence_matched_threshold_ignores_a_constant_yes_bias() -> None:
@@ -126,6 +130,8 @@ def test_score_latent_fuzzes_n_fuzz_windows_and_detects_n_samples() -> None:
         config = InterpretConfig(n_explain=1, n_samples=2, n_fuzz=1, embedding=False)
         row = score_latent(client, _record(), config)
     asked = [p["messages"][-1]["content"] for p in srv.payloads]
-    assert sum("The marked token is" in q for q in asked) == 2 + 3  # 2 held-out positives, 3 negatives
-    assert sum("In this text the token" in q for q in asked) == 2  # one window: its peak and one silent token
+    questions = [q for q in asked if q.startswith("Feature: ")]
+    assert sum(" cat" in q for q in questions) == 3  # detection's 3 negatives
+    assert sum("<< fox>>" in q for q in questions) == 2 + 1  # 2 held-out positives, 1 fuzzed window's true peak
+    assert len(questions) == 2 + 3 + 2  # fuzzing: one window, its peak and one silent token
     assert row["explanation"] == "the word fox" and row["fuzzing_bacc"] == 0.5  # "Yes" to both: no information

@@ -246,12 +246,7 @@ def stage_interp(preset: LLMPreset, out: Path, progress: Progress, base_url: str
 
     families = [f for f in preset.families if f != "sparse_coding"]  # its codes need the solver over the store
     runs = [out / "train" / run_name(f, preset.interp_target) for f in families]
-    from dataclasses import fields
-
-    options: dict[str, Any] = {"logit_tokens": 0}
-    if "controls" in {f.name for f in fields(InterpretConfig)}:  # planted features and shuffled explanations
-        options["controls"] = True
-    options |= preset.interp_options
+    options: dict[str, Any] = {"logit_tokens": 0, "controls": True, **preset.interp_options}
     cfg = InterpretConfig(n_latents=preset.interp_latents, min_count=preset.interp_min_count, seed=preset.seed,
                           **options)  # fmt: skip
     with contextlib.ExitStack() as stack:

@@ -22,7 +22,7 @@ def explainer_messages(examples: list[Example], logit_tokens: list[str] | None =
     lines = []
     for i, ex in enumerate(examples, 1):
         lines.append(f"Excerpt {i}: {ex.text(MARK).strip()}")
-        lines.append(f"  marked token: {ex.tokens[ex.peak]!r}, activation {ex.activation:.2f}")
+        lines.append(f"  marked token: {ex.tokens[ex.peak]!r}")
     if logit_tokens:
         lines.append("Tokens the feature promotes as next token: " + ", ".join(repr(t) for t in logit_tokens))
     lines.append("What does the feature detect?")

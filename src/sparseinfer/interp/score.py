@@ -13,7 +13,10 @@ token. Asking instead whether a whole unmarked window "contains" the explanation
 only 0.63 balanced accuracy (docs/llm-study.md): a 1.5B judge does not search a window for a word reliably.
 The explanation comes first so that a server's prompt cache reuses it across a latent's questions; the question
 comes last, naming the marked token again (small explainers judge a named token far better than a marker inside
-the text: measured in docs/interp.md)."""
+the text: measured in docs/interp.md). Detection and fuzzing ask the same question, so a fuzzed window's
+true-peak question is a detection question already answered (from the client's cache), and the system message
+says "Answer Yes or No" once instead of every question: 10 instead of 12 evaluated questions per latent with fewer
+tokens each, and the controls pass as before (docs/llm-study.md)."""
 
 from __future__ import annotations
 
@@ -30,7 +33,7 @@ from sparseinfer.interp.stats import auroc, compare
 
 __all__ = ["Score", "ask", "binary_scores", "compare", "detection", "fuzzing", "held_out", "parse_yes_no"]
 
-DETECT_SYSTEM = (  # the same for every question, so a server's prompt cache holds it once; worked examples
+JUDGE_SYSTEM = (  # the same for every question, so a server's prompt cache holds it once; worked examples
     "You check whether the marked token of a short text (written <<like this>>) is what a feature description "
     "names, in its context. Answer Yes or No only.\n"
     'Example: Feature: the word "cat". Text: then a <<cat>> sat on the mat. Marked: <<cat>>. Answer: Yes\n'
@@ -38,13 +41,7 @@ DETECT_SYSTEM = (  # the same for every question, so a server's prompt cache hol
     "Example: Feature: numbers written as digits. Text: in <<1984>> they moved. Marked: <<1984>>. Answer: Yes\n"
     "Example: Feature: numbers written as digits. Text: they moved in the <<spring>>. Marked: <<spring>>. Answer: No"
 )
-DETECT = (
-    "Feature: {explanation}\n\nText: {text}\n\nThe marked token is <<{token}>>. Is it {explanation}? Answer Yes or No."
-)
-FUZZ = (
-    "Feature: {explanation}\n\nText: {text}\n\nIn this text the token <<{token}>> is marked. Is the marked token "
-    "{explanation}? Answer Yes or No."
-)
+QUESTION = "Feature: {explanation}\n\nText: {text}\n\nThe marked token is <<{token}>>. Is it {explanation}?"
 TOP_LOGPROBS = 20
 
 
@@ -68,17 +65,16 @@ def binary_scores(truth: list[bool], predicted: list[bool]) -> tuple[float, floa
     return float(balanced_accuracy_score(truth, predicted)), float(f1_score(truth, predicted, average="macro"))
 
 
-def ask(client: ChatClient, template: str, explanation: str, texts: list[str],
-        tokens: list[str] | None = None) -> list[float | None]:  # fmt: skip
-    """P(yes) for each text under `template` (with its marked token for fuzzing), one 1-token log-probability
-    request each."""
-    tokens = [k.strip() for k in tokens or [""] * len(texts)]
+def ask(client: ChatClient, explanation: str, texts: list[str], tokens: list[str]) -> list[float | None]:
+    """P(yes) that the marked token of each text (named in `tokens`) is what `explanation` describes: one 1-token
+    log-probability request each, all under the same system message and explanation so that a server's prompt
+    cache reuses that prefix and evaluates only the window and the named token."""
     explanation = explanation.strip().rstrip(".") or "(no explanation)"
-    system: list[Message] = [{"role": "system", "content": DETECT_SYSTEM}] if template == DETECT else []
     convs: list[list[Message]] = [
-        [*system, {"role": "user", "content": template.format(explanation=explanation, text=t.strip(), token=k)}]
+        [{"role": "system", "content": JUDGE_SYSTEM},
+         {"role": "user", "content": QUESTION.format(explanation=explanation, text=t.strip(), token=k.strip())}]
         for t, k in zip(texts, tokens, strict=True)
-    ]
+    ]  # fmt: skip
     if client.config.concurrency > 1 and len(convs) > 1:
         from concurrent.futures import ThreadPoolExecutor
 
@@ -118,9 +114,8 @@ def score_probabilities(truth: list[bool], probabilities: list[float | None]) ->
     return Score(bacc, f1, auroc(p, truth), len(truth), sum(q is None for q in probabilities), half)
 
 
-def _ask(client: ChatClient, template: str, explanation: str, texts: list[str], truth: list[bool],
-         tokens: list[str] | None = None) -> Score:  # fmt: skip
-    return score_probabilities(truth, ask(client, template, explanation, texts, tokens))
+def _ask(client: ChatClient, explanation: str, texts: list[str], truth: list[bool], tokens: list[str]) -> Score:
+    return score_probabilities(truth, ask(client, explanation, texts, tokens))
 
 
 def held_out(record: LatentExamples, n_explain: int, n_positives: int) -> list[Example]:
@@ -136,7 +131,7 @@ def detection(client: ChatClient, explanation: str, record: LatentExamples, n_ex
         raise SparseInferError(f"latent {record.latent} has no held-out positives or no negatives to score")
     windows = pos + neg
     texts, tokens = [ex.text(("<<", ">>")) for ex in windows], [ex.tokens[ex.peak] for ex in windows]
-    return _ask(client, DETECT, explanation, texts, [True] * len(pos) + [False] * len(neg), tokens)
+    return _ask(client, explanation, texts, [True] * len(pos) + [False] * len(neg), tokens)
 
 
 def fuzzing(client: ChatClient, explanation: str, record: LatentExamples, n_explain: int = 10,
@@ -154,4 +149,4 @@ def fuzzing(client: ChatClient, explanation: str, record: LatentExamples, n_expl
         tokens += [ex.tokens[ex.peak], wrong.tokens[wrong.peak]]
     if not texts:
         raise SparseInferError(f"latent {record.latent} has no held-out window with a silent token to fuzz")
-    return _ask(client, FUZZ, explanation, texts, truth, tokens)
+    return _ask(client, explanation, texts, truth, tokens)
