@@ -3,6 +3,9 @@ CLI end to end on a tiny random Llama with a scripted LLM server."""
 
 from __future__ import annotations
 
+import json
+import shutil
+
 import pandas as pd
 import pytest
 import torch
@@ -115,6 +118,17 @@ def test_cache_resumes_and_refuses_another_encoder(setup):
         cache_activations(root / "store", topk, root / "c")
     with pytest.raises(SparseInferError, match="no known SAE layout"):
         cache_activations(root / "store", root / "docs", root / "c2")
+    # settings outside the weights count too: the same TopK weights with another k are another encoder
+    cache_activations(root / "store", topk, root / "c3")
+    cfg = json.loads((topk / "cfg.json").read_text())
+    shutil.copytree(topk, root / "topk-k3")
+    (root / "topk-k3" / "cfg.json").write_text(json.dumps({**cfg, "hparams": {**cfg["hparams"], "k": 3}}))
+    with pytest.raises(SparseInferError, match="another store or encoder"):
+        cache_activations(root / "store", root / "topk-k3", root / "c3")
+    # a cache written before settings were recorded is judged by its weights
+    meta = json.loads((root / "c3" / "cache.json").read_text())
+    (root / "c3" / "cache.json").write_text(json.dumps({k: v for k, v in meta.items() if k != "settings"}))
+    cache_activations(root / "store", topk, root / "c3")
 
 
 def _oracle(payload) -> str:

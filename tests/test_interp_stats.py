@@ -48,3 +48,21 @@ def test_paired_comparison_on_shared_latents():
     # unpaired the same gain is invisible against the spread between latents
     assert stats.ttest_ind(better, base, equal_var=False).pvalue > 0.05 and out.loc["ito", "t_p"] < 1e-4
     assert out.loc["other", "test"] == "unpaired" and out.loc["other", "n_pairs"] == 0
+
+
+def test_refined_codes_are_compared_with_their_own_dictionarys_encoder():
+    """Families on different dictionaries are tested against the first family (unpaired); a second encoder of a
+    dictionary (its ITO codes) against that dictionary's own encoder, paired on the latents they share."""
+    rng = np.random.default_rng(1)
+    relu, topk, topk_ito = rng.uniform(0.4, 0.6, 10), rng.uniform(0.5, 0.9, 10), rng.uniform(0.5, 0.9, 10)
+    df = pd.DataFrame({"encoder": ["relu"] * 10 + ["topk"] * 10 + ["topk__ito"] * 10,
+                       "latent": list(range(10)) + list(range(100, 110)) * 2,
+                       "dictionary": ["a"] * 10 + ["b"] * 20, "m": np.r_[relu, topk, topk_ito]})  # fmt: skip
+    out = compare(df, "m").set_index("encoder")
+    assert out.loc["topk", "reference"] == "relu" and out.loc["topk", "test"] == "unpaired"
+    assert out.loc["topk__ito", "reference"] == "topk" and out.loc["topk__ito", "test"] == "paired"
+    assert out.loc["topk__ito", "diff"] == pytest.approx((topk_ito - topk).mean())
+    assert isinstance(out.loc["relu", "reference"], float)  # NaN: the reference itself is not tested
+    fixed = compare(df, "m", reference="topk").set_index("encoder")  # an explicit reference for every encoder
+    assert fixed.loc["relu", "reference"] == "topk" and fixed.loc["topk__ito", "reference"] == "topk"
+    assert isinstance(fixed.loc["topk", "reference"], float)

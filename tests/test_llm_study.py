@@ -92,6 +92,29 @@ def test_pipeline_end_to_end_and_resume(assets, tmp_path) -> None:
     assert write_llm_report(out).read_text() == (out / "report.md").read_text()
 
 
+def test_refined_inference_is_explained_on_its_dictionarys_latents(assets, tmp_path) -> None:
+    """`interp_methods`: the evaluate stage's calibrated ITO of the TopK dictionary and sparse coding's own inference
+    are saved as encoder folders and explained; ITO on the latents of TopK's own encoder, compared paired with it."""
+    out = tmp_path / "study"
+    preset = micro(assets, interp_methods=("topk:ito", "sparse_coding:own"), interp_latents=4)
+    with FakeLLMServer(_fox) as srv:
+        run_llm_study(preset, out, base_url=srv.base_url, stop_after="interp")
+    scores = pd.read_parquet(out / "interp" / "scores.parquet")
+    own, ito = (set(scores[scores.encoder == name].latent) for name in ("topk-l0_4", "topk-l0_4__ito"))
+    assert ito and ito <= own and "sparse_coding-l0_4__own" in set(scores.encoder)
+    row = json.loads((out / "evaluate" / "rows" / "topk-l0_4__ito.json").read_text())
+    saved = json.loads((out / "interp" / "encoders" / "topk-l0_4__ito" / "cfg.json").read_text())
+    assert saved["encoder"] == "ito" and saved["hparams"]["init"] == "topk"
+    assert saved["hparams"]["refiner_kwargs"]["penalty"] > 0 and row["penalty"] > 0
+    comparison = pd.read_parquet(out / "interp" / "comparison.parquet")
+    paired = comparison[(comparison.encoder == "topk-l0_4__ito") & (comparison.metric == "detection_bacc")]
+    assert paired.reference.tolist() == ["topk-l0_4"]
+    assert paired.test.tolist() == ["paired" if len(ito) >= 2 else "unpaired"]
+    for bad in ("relu:own", "sparse_coding:ito", "topk:lars", "nope:ito", "topk"):
+        with pytest.raises(SparseInferError, match="interp_methods"):
+            micro(assets, interp_methods=(bad,))
+
+
 def test_a_changed_preset_is_refused_on_resume(assets, tmp_path) -> None:
     out = tmp_path / "study"
     run_llm_study(micro(assets), out, stop_after="data")

@@ -64,6 +64,9 @@ class LLMPreset:
     interp_latents: int = 50
     interp_min_count: int = 10
     interp_options: dict[str, Any] = field(default_factory=dict)  # more `InterpretConfig` fields (windows, scorers)
+    # "family:method" pairs also explained at `interp_target`, with the evaluate stage's calibrated encoder (e.g.
+    # "topk:ito": ITO codes of the TopK dictionary, scored on the same latents as its own encoder, paired)
+    interp_methods: tuple[str, ...] = ()
     explainer: str = "qwen2.5-coder-1.5b"  # a name of interp.models (fetched on first use) or a .gguf path
     llm_threads: int = 1  # per server: a 2-thread llama.cpp server slowed ~4x per question beside another process
     llm_servers: int = 2  # servers (or parallel requests to --llm-url), one latent each at a time
@@ -117,4 +120,13 @@ def get_preset(name: str, **overrides: Any) -> LLMPreset:
     bad = sorted(set(preset.families) - set(FAMILIES)) + sorted(set(preset.methods) - set(METHODS))
     if bad:
         raise SparseInferError(f"unknown families/methods {bad}; families: {FAMILIES}, methods: {METHODS}")
+    for pair in preset.interp_methods:
+        family, _, method = pair.partition(":")
+        valid = family in preset.families and method in preset.methods and (family, method) != ("sparse_coding", "ito")
+        if not valid or (method == "own" and family != "sparse_coding"):
+            raise SparseInferError(
+                f"interp_methods entry {pair!r}: give 'family:method' with a family and method of this preset "
+                "(own only for sparse_coding, whose own inference is calibrated; amortised own encoders are always "
+                "explained)"
+            )
     return preset

@@ -109,14 +109,17 @@ def _interp_lines(out: Path, figures: list[Path]) -> list[str]:
     table = table[[m for m in INTERP_METRICS if m in table]]
     table.index.name = "family / control"
     lines = ["", "## Interpretability", "",
-             "Random live latents of each family's dictionary at the interpreted target, explained by the LLM from "
+             "Random live latents of each family's dictionary at the interpreted target (and of the preset's "
+             "`interp_methods` on the same dictionaries), explained by the LLM from "
              "top-activating windows and scored by detection and fuzzing (balanced accuracy at the prevalence-matched "
              "cut, and AUROC of P(yes)) and by embedding similarity; mean [bootstrap 95% interval]. The controls sit "
              "beside them: planted token features must score high (>= 0.85), explanations shuffled across the "
              "planted features at chance (0.50).", "", _markdown(table)]  # fmt: skip
     comparison = folder / "comparison.parquet"
     if comparison.exists():
-        lines += ["", "Each family against the first (different dictionaries: unpaired tests):", "",
+        lines += ["", "Each family against the first (different dictionaries: unpaired tests); codes of another "
+                  "inference method on a family's dictionary against that family's own encoder (the same latents: "
+                  "paired tests):", "",
                   _markdown(pd.read_parquet(comparison))]  # fmt: skip
     figures.append(interp_figure(summary, out / "interp.png"))
     return lines

@@ -240,19 +240,48 @@ def _llm_clients(preset: LLMPreset, out: Path, base_url: str | None, stack: cont
     return [stack.enter_context(ChatClient(config)) for config in configs]
 
 
+def interp_encoder(preset: LLMPreset, out: Path, pair: str) -> Path:
+    """An encoder folder for one `interp_methods` entry ("family:method"): the method the evaluate stage calibrated
+    on the family's dictionary at `interp_target`, rebuilt from its saved penalty or k and saved with that
+    dictionary (bit for bit, so `interpret` pairs it with the family's own encoder)."""
+    from sparseinfer.experiments.llm_probe import calibrated_method
+    from sparseinfer.io import save_sae
+    from sparseinfer.training.activations.train import load_run
+
+    family, _, method = pair.partition(":")
+    run = run_name(family, preset.interp_target)
+    folder = out / "interp" / "encoders" / f"{run}__{method}"
+    if (folder / "cfg.json").exists():
+        return folder
+    evaluated = out / "evaluate" / "rows" / f"{run}__{method}.json"
+    if not evaluated.exists():
+        raise SparseInferError(f"interp_methods {pair!r}: the evaluate stage has no row {evaluated.name}")
+    row = json.loads(evaluated.read_text())
+    if row.get("error"):
+        raise SparseInferError(f"interp_methods {pair!r}: its evaluate row failed ({row['error']})")
+    encoder, dictionary, info = load_run(out / "train" / run, preset.device)
+    chosen = calibrated_method(method, family, encoder, dictionary, row, preset)
+    tmp = folder.with_name(f".{folder.name}.tmp")
+    save_sae(chosen, dictionary, tmp, input_scale=info["scale"], provenance={"calibrated_from": evaluated.name})
+    os.replace(tmp, folder)
+    return folder
+
+
 def stage_interp(preset: LLMPreset, out: Path, progress: Progress, base_url: str | None = None) -> dict[str, Any]:
-    """Explain and score random live latents of each amortised family's dictionary at `interp_target`."""
+    """Explain and score random live latents of each amortised family's dictionary at `interp_target`, and of the
+    `interp_methods` pairs (the same latents as their dictionary's own encoder where it has one)."""
     from sparseinfer.interp.pipeline import InterpretConfig, interpret
 
-    families = [f for f in preset.families if f != "sparse_coding"]  # its codes need the solver over the store
+    families = [f for f in preset.families if f != "sparse_coding"]  # own codes of sparse coding: interp_methods
     runs = [out / "train" / run_name(f, preset.interp_target) for f in families]
+    runs += [interp_encoder(preset, out, pair) for pair in preset.interp_methods]
     options: dict[str, Any] = {"logit_tokens": 0, "controls": True, **preset.interp_options}
     cfg = InterpretConfig(n_latents=preset.interp_latents, min_count=preset.interp_min_count, seed=preset.seed,
                           **options)  # fmt: skip
     with contextlib.ExitStack() as stack:
         clients = _llm_clients(preset, out, base_url, stack, progress)
         scores, _ = interpret(runs, out / "data" / "test", out / "interp", clients, cfg, progress=progress)
-    return {"latents": len(scores), "families": families}
+    return {"latents": len(scores), "families": families, "methods": list(preset.interp_methods)}
 
 
 def _compared(settings: dict[str, Any]) -> dict[str, Any]:

@@ -23,7 +23,7 @@ from safetensors.torch import load_file, save_file
 from sparseinfer.codes import as_dense
 from sparseinfer.data.store import ActivationStore
 from sparseinfer.dictionary import Dictionary
-from sparseinfer.encoders.base import Encoder
+from sparseinfer.encoders.base import Encoder, encoder_config
 from sparseinfer.errors import SparseInferError
 from sparseinfer.io import load_sae
 
@@ -86,13 +86,16 @@ def load_encoder(folder: str | Path) -> tuple[Encoder, Dictionary, float]:
     return sae.encoder, sae.dictionary, sae.input_scale
 
 
-def _identity(store: ActivationStore, encoder_folder: Path) -> dict[str, Any]:
-    """What a cache was computed from; a resumed cache must match it."""
+def _identity(store: ActivationStore, encoder_folder: Path, encoder: Encoder) -> dict[str, Any]:
+    """What a cache was computed from; a resumed cache must match it: the store's shards, the encoder's weights and
+    its settings (an iterative encoder's penalty, TopK's k: not in the weights)."""
     weights = sorted(p for p in encoder_folder.rglob("*.safetensors"))
     digest = hashlib.sha256()
     for p in weights:
         digest.update(p.read_bytes())
-    return {"store": [s["sha256"] for s in store.manifest.shards], "encoder": digest.hexdigest()}
+    settings = json.dumps([encoder.name, encoder_config(encoder)], sort_keys=True, default=str)
+    return {"store": [s["sha256"] for s in store.manifest.shards], "encoder": digest.hexdigest(),
+            "settings": hashlib.sha256(settings.encode()).hexdigest()}  # fmt: skip
 
 
 def cache_activations(
@@ -109,12 +112,13 @@ def cache_activations(
         raise SparseInferError("batch_tokens must be at least 1")
     cache = Path(cache)
     cache.mkdir(parents=True, exist_ok=True)
-    ident = _identity(store, encoder_folder)
+    ident = _identity(store, encoder_folder, encoder)
     meta = {**ident, "n_latents": dictionary.n_latents, "context_length": m.context_length, "bos": m.bos,
             "contexts": [s["contexts"] for s in m.shards], "model": m.model}  # fmt: skip
     meta_path = cache / META
     if meta_path.exists():
         old = json.loads(meta_path.read_text())
+        old.setdefault("settings", ident["settings"])  # a cache from before settings were recorded: weights decide
         if {k: old.get(k) for k in ident} != ident:
             raise SparseInferError(f"cache {cache} was made from another store or encoder; use another folder")
     meta_path.write_text(json.dumps(meta))

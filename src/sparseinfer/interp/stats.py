@@ -5,6 +5,8 @@ Mann-Whitney U) otherwise, each with a bootstrap interval of the difference of m
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 import pandas as pd
 from scipy import stats
@@ -79,26 +81,35 @@ def summarise(scores: pd.DataFrame, metrics: list[str], by: str = "encoder", n_b
 
 def compare(scores: pd.DataFrame, metric: str, reference: str | None = None, n_boot: int = N_BOOT,
             seed: int = 0) -> pd.DataFrame:  # fmt: skip
-    """Per encoder: n, mean, std and bootstrap interval of `metric`, and a two-sided test against `reference`
-    (default: the first encoder). Encoders that share a `dictionary` value with the reference and at least two
-    latents are compared paired (per-latent differences: paired t, Wilcoxon signed-rank); others unpaired
+    """Per encoder: n, mean, std and bootstrap interval of `metric`, and a two-sided test against a reference
+    encoder (column `reference`). Without `reference`: an encoder that shares its `dictionary` with an earlier one
+    (e.g. ITO codes of an SAE's dictionary) is tested against the first encoder of that dictionary, every other
+    encoder against the first encoder. Encoders that share a `dictionary` value with their reference and at least
+    two latents are compared paired (per-latent differences: paired t, Wilcoxon signed-rank); others unpaired
     (Welch's t, Mann-Whitney U). `diff` is mean(encoder) - mean(reference) with its bootstrap interval."""
     if metric not in scores or "encoder" not in scores:
         raise SparseInferError(f"scores need columns 'encoder' and {metric!r}")
     finite = scores[np.isfinite(scores[metric].to_numpy(float))]
     names = list(dict.fromkeys(scores["encoder"]))
-    reference = reference or names[0]
-    if reference not in names:
+    if reference is not None and reference not in names:
         raise SparseInferError(f"no encoder {reference!r} among {sorted(names)}")
-    ref = finite[finite["encoder"] == reference]
+    encoders = scores.drop_duplicates("encoder")
+    owner = dict(zip(encoders["encoder"], encoders["dictionary"], strict=True)) if "dictionary" in scores else {}
+    first_of: dict[Any, str] = {}  # dictionary (None: unknown) -> its first encoder
+    for name in names:
+        first_of.setdefault(owner.get(name), name)
     summary = summarise(scores, [metric], n_boot=n_boot, seed=seed).set_index("encoder")
     rows = []
     for name in names:
         row = {"encoder": name, "metric": metric, **summary.loc[name].drop("metric").to_dict()}
         row["n"] = int(row["n"])
-        mine = finite[finite["encoder"] == name]
-        if name != reference:
-            row |= _test(mine, ref, metric, n_boot, seed)
+        against = reference if reference is not None else first_of[owner.get(name)]
+        if against == name and reference is None:  # its dictionary's first encoder: against the first encoder
+            against = names[0]
+        if name != against:
+            row["reference"] = against
+            row |= _test(finite[finite["encoder"] == name], finite[finite["encoder"] == against], metric, n_boot,
+                         seed)  # fmt: skip
         rows.append(row)
     return pd.DataFrame(rows)
 
