@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
+import yaml
 
 from sparseinfer.errors import SparseInferError
 from sparseinfer.experiments.llm_files import STAGES, finished, marker
@@ -122,6 +123,13 @@ def test_a_changed_preset_is_refused_on_resume(assets, tmp_path) -> None:
         run_llm_study(micro(assets, steps=7), out, resume=True, stop_after="data")
     # a reworded time estimate changes no result: the study resumes
     assert run_llm_study(micro(assets, expected="minutes"), out, resume=True, stop_after="data")["data"]
+    # a study folder from before a setting existed resumes as that setting's default, and only as that
+    config = yaml.safe_load((out / "config.yaml").read_text())
+    del config["preset"]["interp_methods"]
+    (out / "config.yaml").write_text(yaml.safe_dump(config))
+    assert run_llm_study(micro(assets), out, resume=True, stop_after="data")["data"]
+    with pytest.raises(SparseInferError, match="another preset"):
+        run_llm_study(micro(assets, interp_methods=("topk:ito",)), out, resume=True, stop_after="data")
 
 
 def test_sigkill_loses_at_most_the_stage_in_progress(assets, tmp_path) -> None:

@@ -286,8 +286,9 @@ def stage_interp(preset: LLMPreset, out: Path, progress: Progress, base_url: str
 
 def _compared(settings: dict[str, Any]) -> dict[str, Any]:
     """The preset settings a resumed study must share: all but `expected`, a description of the run time that a
-    new release may reword without changing any result."""
-    return {k: v for k, v in settings.items() if k != "expected"}
+    new release may reword without changing any result. A setting newer than the study's config.yaml counts as its
+    default, which is what the study ran with (a new field defaults to the old behaviour)."""
+    return {k: v for k, v in {**LLMPreset(name="").settings(), **settings}.items() if k != "expected"}
 
 
 def _write_config(preset: LLMPreset, out: Path, resume: bool) -> None:
