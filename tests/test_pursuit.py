@@ -200,6 +200,27 @@ def test_compiled_omp_equals_batched_path(
     assert str(compiled.diagnostics) == str(batched.diagnostics)
 
 
+def test_set_up_products_split_over_threads_equal_one_product(monkeypatch: pytest.MonkeyPatch) -> None:
+    """`_compiled.products` in blocks on a thread pool (forced on a small problem) equals the plain products, also
+    for a last block shorter than the others; a FLOP counter still sees both products (they then run unsplit)."""
+    from sparseinfer.encoders import _compiled
+
+    monkeypatch.setattr(_compiled, "SMALL_OP_FLOPS", 0)
+    monkeypatch.setattr(_compiled, "ROWS", 7)
+    gen = torch.Generator().manual_seed(0)
+    atoms, x = torch.randn(30, 12, generator=gen), torch.randn(45, 12, generator=gen)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        gram, b = _compiled.products(x, atoms)
+        assert torch.get_num_threads() == 2
+        torch.testing.assert_close(gram, atoms @ atoms.T, rtol=0, atol=1e-5)
+        torch.testing.assert_close(b, x @ atoms.T, rtol=0, atol=1e-5)
+        assert _counted(lambda: _compiled.products(x, atoms)) == 2 * 45 * 12 * 30 + 2 * 30 * 12 * 30
+    finally:
+        torch.set_num_threads(threads)
+
+
 def test_compiled_omp_flops_count_its_products() -> None:
     dictionary, x, _ = _problem(40, 16, 32, seed=4)
     encoder = si.create("omp", k=6)

@@ -121,8 +121,7 @@ class ActiveSetLasso:
         if trace.full_gram and init is None and _compiled_applies(x, atoms):
             from sparseinfer.encoders import _compiled
 
-            with _compiled.threads_for(2 * batch * x.shape[1] * n_latents):
-                b, full_gram = x @ atoms.T, atoms @ atoms.T
+            full_gram, b = _compiled.products(x, atoms)
             return self._solve_compiled(x, atoms, b, full_gram, limit, out)
         b = x @ atoms.T
         full_gram = atoms @ atoms.T if trace.full_gram else None

@@ -7,7 +7,8 @@ step instead of O(N M)), grow the support's Cholesky factor by one row per step,
 parallel with dynamic scheduling, so a busy core slows only the blocks it takes. Importing this module imports
 numba; the solvers import it lazily and keep their torch paths (tested equal to these kernels).
 
-Both take the Gram G = D D^T (N, N) and the correlations b = x D^T (B, N), computed by one matmul each.
+Both take the Gram G = D D^T (N, N) and the correlations b = x D^T (B, N) (`products`: large ones in blocks of
+signals on a pool of single-threaded products, so a busy core does not hold up the set-up).
 """
 
 from __future__ import annotations
@@ -29,22 +30,46 @@ SMALL_OP_FLOPS = 1 << 28  # below this a torch product runs on one thread (2 thr
 PARALLEL_FLOPS = 1 << 20
 
 
-@contextlib.contextmanager
-def threads_for(flops: int) -> Iterator[None]:
-    """Run the torch products of the set-up (b = x D^T, G = D D^T) on one thread when they are small.
+ROWS = 512  # signals per block of b = x D^T when several threads share it
 
-    Measured on the project's 2-core box under load: a (10,000, 32) x (32, 64) product took 84 ms on 2 threads
-    against 3 ms on 1; large products keep torch's threads.
-    """
+
+@contextlib.contextmanager
+def one_thread() -> Iterator[None]:
+    """torch ops inside run on the calling thread only (restores the thread count on exit)."""
     threads = torch.get_num_threads()
-    if flops >= SMALL_OP_FLOPS or threads == 1:
-        yield
-        return
     torch.set_num_threads(1)
     try:
         yield
     finally:
         torch.set_num_threads(threads)
+
+
+@torch.no_grad()
+def products(x: torch.Tensor, atoms: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """The set-up of both kernels: the Gram G = D D^T and the correlations b = x D^T.
+
+    Small products run on one thread: measured on the project's 2-core box under load, a (10,000, 32) x (32, 64)
+    product took 84 ms on 2 threads against 3 ms on 1. Large ones are split into blocks of `ROWS` signals that
+    single-threaded products on a pool of torch's thread count take in turn (the Gram is one more block), so a
+    thread on a busy core takes fewer blocks instead of holding up a statically split product.
+    """
+    from torch.utils._python_dispatch import _get_current_dispatch_mode
+
+    threads = torch.get_num_threads()
+    small = 2 * x.shape[0] * x.shape[1] * atoms.shape[0] < SMALL_OP_FLOPS or x.shape[0] <= ROWS
+    if small or threads == 1 or _get_current_dispatch_mode() is not None:  # a FLOP counter sees this thread only
+        with one_thread() if threads > 1 else contextlib.nullcontext():
+            return atoms @ atoms.T, x @ atoms.T
+    from concurrent.futures import ThreadPoolExecutor
+
+    b = x.new_empty(x.shape[0], atoms.shape[0])
+    with one_thread(), ThreadPoolExecutor(threads) as pool:
+        gram = pool.submit(lambda: atoms @ atoms.T)
+        rows = [pool.submit(torch.mm, x[lo : lo + ROWS], atoms.T, out=b[lo : lo + ROWS])
+                for lo in range(0, x.shape[0], ROWS)]  # fmt: skip
+        for done in rows:
+            done.result()
+        return gram.result(), b
 
 
 def run_parallel(kernel: Any, *args: Any, flops: int | None = None) -> None:

@@ -77,8 +77,7 @@ class OMPEncoder(IterativeEncoder):
         from sparseinfer.encoders import _compiled
 
         batch, n_latents, k = x.shape[0], atoms.shape[0], self.k
-        with _compiled.threads_for(2 * batch * x.shape[1] * n_latents):
-            gram, b = atoms @ atoms.T, x @ atoms.T
+        gram, b = _compiled.products(x, atoms)
         index = torch.zeros(batch, k, dtype=torch.long)
         value = x.new_zeros(batch, k)
         steps = torch.zeros(batch, dtype=torch.long)
