@@ -132,6 +132,28 @@ def test_a_changed_preset_is_refused_on_resume(assets, tmp_path) -> None:
         run_llm_study(micro(assets, interp_methods=("topk:ito",)), out, resume=True, stop_after="data")
 
 
+def test_evaluate_rows_on_worker_processes_equal_the_serial_rows(assets, tmp_path) -> None:
+    """`eval_workers=2` (two spawned single-threaded processes; a resumed study may change it) writes the rows the
+    serial stage writes, and says so in its progress and stage marker."""
+    import shutil
+
+    serial = tmp_path / "serial"
+    run_llm_study(micro(assets, families=("relu", "topk")), serial, stop_after="evaluate")
+    parallel = tmp_path / "parallel"
+    shutil.copytree(serial, parallel)
+    shutil.rmtree(parallel / "evaluate")
+    marker(parallel, "evaluate").unlink()
+    lines: list[str] = []
+    done = run_llm_study(micro(assets, families=("relu", "topk"), eval_workers=2), parallel, resume=True,
+                         stop_after="evaluate", progress=lines.append)  # fmt: skip
+    assert done["evaluate"]["outputs"]["workers"] == 2
+    assert any("on 2 worker processes" in line for line in lines)
+    assert sum(line.startswith("evaluate [") for line in lines) == 16
+    ours, theirs = (pd.read_parquet(p / "results.parquet").drop(columns="eval_seconds") for p in (parallel, serial))
+    assert (ours["error"] == "").sum() >= 12  # the micro dictionaries leave a few targets out of reach
+    pd.testing.assert_frame_equal(ours, theirs, rtol=1e-4)
+
+
 def test_sigkill_loses_at_most_the_stage_in_progress(assets, tmp_path) -> None:
     out = tmp_path / "study"
     run_llm_study(micro(assets, steps=4000), out, stop_after="data")

@@ -35,17 +35,37 @@ def finished(out: Path) -> list[str]:
 
 
 def _rss_bytes() -> int:
-    """This process's resident memory now (Linux /proc), else its peak so far."""
+    """Resident memory now of this process and its descendants (worker processes, explainer servers), from Linux
+    /proc; elsewhere this process's peak so far."""
     try:
-        pages = int(Path("/proc/self/statm").read_text().split()[1])
-        return pages * os.sysconf("SC_PAGE_SIZE")
+        return sum(_rss_of(pid) for pid in _family(os.getpid()))
     except (OSError, ValueError, IndexError):
         return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
 
 
+def _rss_of(pid: int) -> int:
+    """One process's resident bytes (0 when it has just ended)."""
+    try:
+        return int(Path(f"/proc/{pid}/statm").read_text().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+    except FileNotFoundError:
+        return 0
+
+
+def _family(pid: int) -> list[int]:
+    """`pid` and its descendants (/proc/<pid>/task/*/children)."""
+    out, todo = [], [pid]
+    while todo:
+        current = todo.pop()
+        out.append(current)
+        for task in Path(f"/proc/{current}/task").glob("*/children"):
+            with contextlib.suppress(FileNotFoundError):
+                todo += [int(child) for child in task.read_text().split()]
+    return out
+
+
 @contextlib.contextmanager
 def measured(record: dict[str, Any], every: float = 0.25) -> Iterator[None]:
-    """Measure the block's wall time and peak resident memory (sampled) into `record`."""
+    """Measure the block's wall time and peak resident memory (sampled, with child processes) into `record`."""
     peak, stop = [_rss_bytes()], threading.Event()
 
     def sample() -> None:

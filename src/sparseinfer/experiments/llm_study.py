@@ -26,8 +26,9 @@ import json
 import os
 import time
 from collections.abc import Callable
+from functools import partial
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import pandas as pd
 import torch
@@ -126,10 +127,23 @@ def stage_train(preset: LLMPreset, out: Path, progress: Progress) -> dict[str, A
     return info
 
 
-def row_jobs(preset: LLMPreset, rows_dir: Path) -> list[tuple[str, int, str, Path]]:
+class RowJob(NamedTuple):
+    """One row of a per-row stage (evaluate, probe): a dictionary, a target L0, a method, and its result file."""
+
+    family: str
+    target: int
+    method: str
+    path: Path
+
+    @property
+    def name(self) -> str:
+        return f"{run_name(self.family, self.target)} with {self.method}"
+
+
+def row_jobs(preset: LLMPreset, rows_dir: Path) -> list[RowJob]:
     """Every (family, target, method) of a per-row stage (evaluate, probe) with the file its row is saved in, so a
     rerun skips the rows already there."""
-    return [(f, t, m, rows_dir / f"{run_name(f, t)}__{m}.json")
+    return [RowJob(f, t, m, rows_dir / f"{run_name(f, t)}__{m}.json")
             for f in preset.families for t in preset.targets for m in _methods_for(preset, f)]  # fmt: skip
 
 
@@ -166,49 +180,63 @@ def build_method(method: str, family: str, encoder: Any, dictionary: Any, x: tor
     return cal.encoder, cal.summary()
 
 
-def stage_evaluate(preset: LLMPreset, out: Path, progress: Progress) -> dict[str, Any]:
-    """One row per dictionary x method x target (each row saved as it is done), then `results.parquet`."""
-    from sparseinfer.evaluation.runs import calibration_signals, check_runs, downstream_reference, encoder_metrics
+def _evaluation_inputs(preset: LLMPreset, out: Path) -> tuple[Any, Any, list[Any] | None]:
+    """What every evaluate row shares: the held-out store, the model (None without CE contexts) and its clean and
+    zero-ablated reference passes."""
+    from sparseinfer.evaluation.runs import check_runs, downstream_reference
     from sparseinfer.lm.model import load_model
-    from sparseinfer.training.activations.train import load_run
 
-    store = out / "data" / "test"
     runs = [out / "train" / run_name(f, t) for f in preset.families for t in preset.targets]
     model = load_model(preset.model, preset.device)[0] if preset.eval_contexts else None
-    held_out, _ = check_runs(runs, store, model)
-    reference = None  # the clean and zero-ablated passes, computed once for every row (when a row needs them)
-    rows_dir = out / "evaluate" / "rows"
-    jobs = row_jobs(preset, rows_dir)
-    for i, (family, target, method, path) in enumerate(jobs, 1):
-        if path.exists():
-            continue
-        progress(f"evaluate [{i}/{len(jobs)}]: {run_name(family, target)} with {method}")
-        encoder, dictionary, info = load_run(out / "train" / run_name(family, target), preset.device)
-        row: dict[str, Any] = {"dictionary": family, "run": run_name(family, target), "method": method,
-                               "target_l0": float(target), "n_latents": info["n_latents"],
-                               "train_flops": info.get("train_flops", 0), "error": ""}  # fmt: skip
-        start = time.perf_counter()
-        try:
-            x = calibration_signals(held_out, info["scale"], preset.calibration_tokens).to(preset.device)
-            chosen, summary = build_method(method, family, encoder, dictionary, x, target, preset)
-            row |= {k: v for k, v in summary.items() if k not in ("method", "target_l0")}
-            if reference is None and model is not None:
-                reference = downstream_reference(held_out, preset.eval_contexts, model)
-            metrics = encoder_metrics(chosen, dictionary, held_out, info["scale"], preset.eval_tokens,
-                                      preset.eval_contexts, 1024, model, reference=reference)  # fmt: skip
-            row |= {k: v for k, v in metrics.items() if k != "freq_hist_log10"}
-        except SparseInferError as err:  # e.g. a target out of this method's reach: a row that says so
-            row["error"] = str(err)
-        row["eval_seconds"] = time.perf_counter() - start
-        write_atomic(path, json.dumps(row, indent=1, default=float))
-        shown = f"fvu {row['fvu']:.4f}, l0 {row['l0']:.1f}" if "fvu" in row else f"error: {row['error']}"
-        progress(f"  {shown} ({row['eval_seconds']:.0f} s)")
-    rows = [json.loads(path.read_text()) for *_, path in jobs]
-    table = pd.DataFrame(rows)
+    held_out, _ = check_runs(runs, out / "data" / "test", model)
+    reference = downstream_reference(held_out, preset.eval_contexts, model) if model is not None else None
+    return held_out, model, reference
+
+
+def evaluate_row(preset: LLMPreset, out: Path, job: RowJob) -> str:
+    """Calibrate one method on one dictionary, measure it and save the row (atomically) at `job.path`; returns the
+    progress line. A `SparseInferError` (e.g. a target out of the method's reach) makes a row that says so."""
+    from sparseinfer.evaluation.runs import calibration_signals, encoder_metrics
+    from sparseinfer.experiments.row_workers import shared
+    from sparseinfer.training.activations.train import load_run
+
+    held_out, model, reference = shared(("evaluate", out), lambda: _evaluation_inputs(preset, out))
+    run = run_name(job.family, job.target)
+    encoder, dictionary, info = load_run(out / "train" / run, preset.device)
+    row: dict[str, Any] = {"dictionary": job.family, "run": run, "method": job.method,
+                           "target_l0": float(job.target), "n_latents": info["n_latents"],
+                           "train_flops": info.get("train_flops", 0), "error": ""}  # fmt: skip
+    start = time.perf_counter()
+    try:
+        x = calibration_signals(held_out, info["scale"], preset.calibration_tokens).to(preset.device)
+        chosen, summary = build_method(job.method, job.family, encoder, dictionary, x, job.target, preset)
+        row |= {k: v for k, v in summary.items() if k not in ("method", "target_l0")}
+        metrics = encoder_metrics(chosen, dictionary, held_out, info["scale"], preset.eval_tokens,
+                                  preset.eval_contexts, 1024, model, reference=reference)  # fmt: skip
+        row |= {k: v for k, v in metrics.items() if k != "freq_hist_log10"}
+    except SparseInferError as err:
+        row["error"] = str(err)
+    row["eval_seconds"] = time.perf_counter() - start
+    write_atomic(job.path, json.dumps(row, indent=1, default=float))
+    shown = f"fvu {row['fvu']:.4f}, l0 {row['l0']:.1f}" if "fvu" in row else f"error: {row['error']}"
+    return f"{shown} ({row['eval_seconds']:.0f} s)"
+
+
+def stage_evaluate(preset: LLMPreset, out: Path, progress: Progress) -> dict[str, Any]:
+    """One row per dictionary x method x target (each saved as it is done; `eval_workers` processes at a time),
+    then `results.parquet`. The runs and the store are checked before any row is computed."""
+    from sparseinfer.evaluation.runs import check_runs
+    from sparseinfer.experiments.row_workers import run_rows
+
+    check_runs([out / "train" / run_name(f, t) for f in preset.families for t in preset.targets], out / "data" / "test")
+    jobs = row_jobs(preset, out / "evaluate" / "rows")
+    pending = [(i, job) for i, job in enumerate(jobs, 1) if not job.path.exists()]
+    run_rows("evaluate", pending, len(jobs), partial(evaluate_row, preset, out), preset.eval_workers, progress)
+    table = pd.DataFrame([json.loads(job.path.read_text()) for job in jobs])
     tmp = out / f".{RESULTS}.tmp"
     table.to_parquet(tmp)
     os.replace(tmp, out / RESULTS)
-    return {"rows": len(table), "errors": int((table["error"] != "").sum())}
+    return {"rows": len(table), "errors": int((table["error"] != "").sum()), "workers": preset.eval_workers}
 
 
 def _stage_probe(preset: LLMPreset, out: Path, progress: Progress) -> dict[str, Any]:
@@ -284,11 +312,14 @@ def stage_interp(preset: LLMPreset, out: Path, progress: Progress, base_url: str
     return {"latents": len(scores), "families": families, "methods": list(preset.interp_methods)}
 
 
+UNCOMPARED = ("expected", "eval_workers")  # how a study runs, not what it computes
+
+
 def _compared(settings: dict[str, Any]) -> dict[str, Any]:
-    """The preset settings a resumed study must share: all but `expected`, a description of the run time that a
-    new release may reword without changing any result. A setting newer than the study's config.yaml counts as its
-    default, which is what the study ran with (a new field defaults to the old behaviour)."""
-    return {k: v for k, v in {**LLMPreset(name="").settings(), **settings}.items() if k != "expected"}
+    """The preset settings a resumed study must share: all but `UNCOMPARED` (the description of the run time, which
+    a new release may reword, and the number of evaluate workers). A setting newer than the study's config.yaml
+    counts as its default, which is what the study ran with (a new field defaults to the old behaviour)."""
+    return {k: v for k, v in {**LLMPreset(name="").settings(), **settings}.items() if k not in UNCOMPARED}
 
 
 def _write_config(preset: LLMPreset, out: Path, resume: bool) -> None:
