@@ -561,6 +561,11 @@ CASES = [
     Case("reproduce-variant", ("reproduce", "all", "--variant", "potato", "--out", "o"), "potato"),
     Case("reproduce-encoders", ("reproduce", "learn-both", "--encoders", "potato", "--out", "o"), "potato"),
     Case("reproduce-llm-stop-after", ("reproduce", "llm", "--stop-after", "potato", "--out", "o"), "stop_after"),
+    Case(
+        "reproduce-llm-interp-methods",
+        ("reproduce", "llm", "--interp-methods", "topk:potato", "--out", "o"),
+        "interp_methods entry 'topk:potato'",
+    ),
     Case("sweep-binary-yaml", ("sweep", "c.yaml", "--out", "o"), "c.yaml", write("c.yaml", bytes(range(256)))),
     Case("sweep-yaml-list", ("sweep", "c.yaml", "--out", "o"), "c.yaml", write("c.yaml", "[1, 2]\n")),
     Case("sweep-yaml-broken", ("sweep", "c.yaml", "--out", "o"), "c.yaml", write("c.yaml", "a: [1,\n")),

@@ -249,15 +249,25 @@ def reproduce(
     stop_after: Annotated[
         str | None, typer.Option(help="llm: stop after this stage (data | train | evaluate | probe | interp)")
     ] = None,
+    interp_methods: Annotated[
+        str,
+        typer.Option(
+            help="llm: refined inference also explained, 'family:method' comma-separated (e.g. topk:ito): on the "
+            "same latents as the family's own encoder, compared paired"
+        ),
+    ] = "",
 ) -> None:
     """Rerun the reference study (../shared/paper-protocol.md) and write results.parquet, report.md and figures.
 
     `llm` is the language-model part (presets quick | study), resumable stage by stage with --resume."""
     if target == "llm":
         from sparseinfer.cli.tables import llm_study_table
+        from sparseinfer.experiments.llm_presets import get_preset
         from sparseinfer.experiments.llm_study import run_llm_study
 
-        run_llm_study(preset, out, resume, base_url=llm_url, progress=_log, stop_after=stop_after)
+        pairs = tuple(p.strip() for p in interp_methods.split(",") if p.strip())
+        chosen = get_preset(preset, **({"interp_methods": pairs} if pairs else {}))
+        run_llm_study(chosen, out, resume, base_url=llm_url, progress=_log, stop_after=stop_after)
         if (out / "results.parquet").exists():
             console.print(llm_study_table(out / "results.parquet"))
         if (out / "report.md").exists():
