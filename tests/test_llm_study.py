@@ -132,23 +132,28 @@ def test_a_changed_preset_is_refused_on_resume(assets, tmp_path) -> None:
         run_llm_study(micro(assets, interp_methods=("topk:ito",)), out, resume=True, stop_after="data")
 
 
-def test_evaluate_rows_on_worker_processes_equal_the_serial_rows(assets, tmp_path) -> None:
-    """`eval_workers=2` (two spawned single-threaded processes; a resumed study may change it) writes the rows the
-    serial stage writes, and says so in its progress and stage marker."""
+def test_training_and_evaluation_on_worker_processes_equal_the_serial_stages(assets, tmp_path) -> None:
+    """`workers=2` (two spawned single-threaded processes; a resumed study may change it) trains the runs and
+    writes the rows the serial stages do, and says so in its progress and stage markers."""
     import shutil
 
     serial = tmp_path / "serial"
     run_llm_study(micro(assets, families=("relu", "topk")), serial, stop_after="evaluate")
     parallel = tmp_path / "parallel"
     shutil.copytree(serial, parallel)
-    shutil.rmtree(parallel / "evaluate")
-    marker(parallel, "evaluate").unlink()
+    for stage in ("train", "evaluate"):
+        shutil.rmtree(parallel / stage)
+        marker(parallel, stage).unlink()
     lines: list[str] = []
-    done = run_llm_study(micro(assets, families=("relu", "topk"), eval_workers=2), parallel, resume=True,
+    done = run_llm_study(micro(assets, families=("relu", "topk"), workers=2), parallel, resume=True,
                          stop_after="evaluate", progress=lines.append)  # fmt: skip
     assert done["evaluate"]["outputs"]["workers"] == 2
-    assert any("on 2 worker processes" in line for line in lines)
+    assert sum("on 2 worker processes" in line for line in lines) == 2
+    assert sum(line.startswith("train [") for line in lines) == 4
     assert sum(line.startswith("evaluate [") for line in lines) == 16
+    trained = json.loads(marker(parallel, "train").read_text())["outputs"]
+    assert sorted(trained) == ["relu-l0_2", "relu-l0_4", "topk-l0_2", "topk-l0_4"]
+    assert all(record["seconds"] > 0 and record["train_flops"] > 0 for record in trained.values())
     ours, theirs = (pd.read_parquet(p / "results.parquet").drop(columns="eval_seconds") for p in (parallel, serial))
     assert (ours["error"] == "").sum() >= 12  # the micro dictionaries leave a few targets out of reach
     pd.testing.assert_frame_equal(ours, theirs, rtol=1e-4)

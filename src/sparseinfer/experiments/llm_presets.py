@@ -59,7 +59,7 @@ class LLMPreset:
     eval_tokens: int = 4_096
     eval_contexts: int = 16  # held-out contexts for CE / KL
     calibration_tokens: int = 512
-    eval_workers: int = 1  # evaluate rows computed at once, by as many single-threaded processes (row_workers)
+    workers: int = 1  # training runs and evaluate rows computed at once, by single-threaded processes (row_workers)
     solver_iter: int = 100  # FISTA / ITO iterations at evaluation
     interp_target: int = 64  # the dictionaries whose latents are explained (one per family)
     interp_latents: int = 50
@@ -93,7 +93,7 @@ PRESETS: dict[str, LLMPreset] = {
     ),
     "quick": LLMPreset(
         name="quick", steps=300, sparse_coding_steps=100, sparse_coding_iter=20, eval_tokens=2_048,
-        solver_iter=50, eval_workers=2,
+        solver_iter=50, workers=2,
         interp_options={"n_top": 10, "n_explain": 6, "n_samples": 4, "n_negatives": 4, "left": 12, "right": 3,
                         "n_planted": 24, "shuffled_fuzz": True, "n_fuzz": 2},
         expected="about 66 minutes on 2 CPU cores, 6.5 over its 60-minute budget (measured 2026-12-03: data 5 min, "

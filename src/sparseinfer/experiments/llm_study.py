@@ -100,31 +100,50 @@ def train_config(preset: LLMPreset, family: str, target: int, dim: int) -> Any:
     return LMTrainConfig(**{**common, **schedule}, **sparsity, encoder="gradient", hparams=hparams)  # fmt: skip
 
 
-def stage_train(preset: LLMPreset, out: Path, progress: Progress) -> dict[str, Any]:
-    """Train every family at every target on the train store (finished runs skipped, others resume)."""
+COST_ORDER = {"mlp": 0, "sparse_coding": 1, "relu": 2, "topk": 3, "fista": 0, "ito": 1, "omp": 2, "own": 3}
+# the measured order of training and evaluation times, longest first (docs/llm-study.md): jobs are handed to the
+# workers in this order, so the longest ones do not start last
+
+
+class TrainJob(NamedTuple):
+    """One training run of the train stage: a family at a target L0."""
+
+    family: str
+    target: int
+
+    @property
+    def name(self) -> str:
+        return run_name(self.family, self.target)
+
+
+def train_run(preset: LLMPreset, out: Path, job: TrainJob) -> tuple[str, dict[str, Any]]:
+    """Train (or resume from its checkpoint) one family at one target; returns the progress line and its record
+    (seconds, peak resident memory, last training FVU and L0, training FLOPs)."""
     from sparseinfer.data.store import ActivationStore
     from sparseinfer.training.activations import train_from_store
 
     store = out / "data" / "train"
-    dim = ActivationStore.open(store).manifest.dim
-    info = {}
-    for family in preset.families:
-        for target in preset.targets:
-            folder = out / "train" / run_name(family, target)
-            if (folder / "run.json").exists():
-                info[folder.name] = "done before"
-                continue
-            cfg = train_config(preset, family, target, dim)
-            progress(f"train: {folder.name} ({cfg.encoder}, {cfg.steps} steps of {cfg.batch_size} tokens)")
-            record: dict[str, Any] = {}
-            with measured(record):
-                run = train_from_store(cfg, store, folder, device=preset.device, progress=True, resume=True)
-            last = run["history"][-1] if run["history"] else {}
-            record |= {"fvu": last.get("fvu"), "l0": last.get("l0"), "train_flops": run.get("train_flops")}
-            info[folder.name] = record
-            progress(f"train: {folder.name}: fvu {record['fvu']:.4f}, l0 {record['l0']:.1f} in "
-                     f"{record['seconds']:.0f} s")  # fmt: skip
-    return info
+    cfg = train_config(preset, job.family, job.target, ActivationStore.open(store).manifest.dim)
+    record: dict[str, Any] = {"encoder": cfg.encoder, "steps": cfg.steps}
+    with measured(record):
+        run = train_from_store(cfg, store, out / "train" / job.name, device=preset.device, progress=True, resume=True)
+    last = run["history"][-1] if run["history"] else {}
+    record |= {"fvu": last.get("fvu"), "l0": last.get("l0"), "train_flops": run.get("train_flops")}
+    line = f"fvu {record['fvu']:.4f}, l0 {record['l0']:.1f} in {record['seconds']:.0f} s ({cfg.steps} steps)"
+    return line, record
+
+
+def stage_train(preset: LLMPreset, out: Path, progress: Progress) -> dict[str, Any]:
+    """Train every family at every target on the train store (finished runs skipped, others resume from their
+    checkpoints), `workers` runs at a time, the longest first."""
+    from sparseinfer.experiments.row_workers import run_rows
+
+    jobs = [TrainJob(family, target) for family in preset.families for target in preset.targets]
+    info: dict[str, Any] = {job.name: "done before" for job in jobs if (out / "train" / job.name / "run.json").exists()}
+    pending = [(i, job) for i, job in enumerate(jobs, 1) if job.name not in info]
+    pending.sort(key=lambda item: (COST_ORDER[item[1].family], -item[1].target))
+    records = run_rows("train", pending, len(jobs), partial(train_run, preset, out), preset.workers, progress)
+    return info | {jobs[i - 1].name: record for i, record in sorted(records.items())}
 
 
 class RowJob(NamedTuple):
@@ -193,9 +212,10 @@ def _evaluation_inputs(preset: LLMPreset, out: Path) -> tuple[Any, Any, list[Any
     return held_out, model, reference
 
 
-def evaluate_row(preset: LLMPreset, out: Path, job: RowJob) -> str:
+def evaluate_row(preset: LLMPreset, out: Path, job: RowJob) -> tuple[str, None]:
     """Calibrate one method on one dictionary, measure it and save the row (atomically) at `job.path`; returns the
-    progress line. A `SparseInferError` (e.g. a target out of the method's reach) makes a row that says so."""
+    progress line (and no result: the row is the file). A `SparseInferError` (e.g. a target out of the method's
+    reach) makes a row that says so."""
     from sparseinfer.evaluation.runs import calibration_signals, encoder_metrics
     from sparseinfer.experiments.row_workers import shared
     from sparseinfer.training.activations.train import load_run
@@ -219,24 +239,25 @@ def evaluate_row(preset: LLMPreset, out: Path, job: RowJob) -> str:
     row["eval_seconds"] = time.perf_counter() - start
     write_atomic(job.path, json.dumps(row, indent=1, default=float))
     shown = f"fvu {row['fvu']:.4f}, l0 {row['l0']:.1f}" if "fvu" in row else f"error: {row['error']}"
-    return f"{shown} ({row['eval_seconds']:.0f} s)"
+    return f"{shown} ({row['eval_seconds']:.0f} s)", None
 
 
 def stage_evaluate(preset: LLMPreset, out: Path, progress: Progress) -> dict[str, Any]:
-    """One row per dictionary x method x target (each saved as it is done; `eval_workers` processes at a time),
-    then `results.parquet`. The runs and the store are checked before any row is computed."""
+    """One row per dictionary x method x target (each saved as it is done; `workers` rows at a time, the longest
+    first), then `results.parquet`. The runs and the store are checked before any row is computed."""
     from sparseinfer.evaluation.runs import check_runs
     from sparseinfer.experiments.row_workers import run_rows
 
     check_runs([out / "train" / run_name(f, t) for f in preset.families for t in preset.targets], out / "data" / "test")
     jobs = row_jobs(preset, out / "evaluate" / "rows")
     pending = [(i, job) for i, job in enumerate(jobs, 1) if not job.path.exists()]
-    run_rows("evaluate", pending, len(jobs), partial(evaluate_row, preset, out), preset.eval_workers, progress)
+    pending.sort(key=lambda item: (COST_ORDER[item[1].method], -item[1].target, COST_ORDER[item[1].family]))
+    run_rows("evaluate", pending, len(jobs), partial(evaluate_row, preset, out), preset.workers, progress)
     table = pd.DataFrame([json.loads(job.path.read_text()) for job in jobs])
     tmp = out / f".{RESULTS}.tmp"
     table.to_parquet(tmp)
     os.replace(tmp, out / RESULTS)
-    return {"rows": len(table), "errors": int((table["error"] != "").sum()), "workers": preset.eval_workers}
+    return {"rows": len(table), "errors": int((table["error"] != "").sum()), "workers": preset.workers}
 
 
 def _stage_probe(preset: LLMPreset, out: Path, progress: Progress) -> dict[str, Any]:
@@ -312,12 +333,12 @@ def stage_interp(preset: LLMPreset, out: Path, progress: Progress, base_url: str
     return {"latents": len(scores), "families": families, "methods": list(preset.interp_methods)}
 
 
-UNCOMPARED = ("expected", "eval_workers")  # how a study runs, not what it computes
+UNCOMPARED = ("expected", "workers")  # how a study runs, not what it computes (workers: up to summation order)
 
 
 def _compared(settings: dict[str, Any]) -> dict[str, Any]:
     """The preset settings a resumed study must share: all but `UNCOMPARED` (the description of the run time, which
-    a new release may reword, and the number of evaluate workers). A setting newer than the study's config.yaml
+    a new release may reword, and the number of worker processes). A setting newer than the study's config.yaml
     counts as its default, which is what the study ran with (a new field defaults to the old behaviour)."""
     return {k: v for k, v in {**LLMPreset(name="").settings(), **settings}.items() if k not in UNCOMPARED}
 
