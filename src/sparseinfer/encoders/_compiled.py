@@ -194,12 +194,11 @@ def batch_omp(
     b: Any,
     x: Any,
     atoms: Any,
-    xnorm2: Any,
     k: int,
     tol: float,
     mask: Any,
     index_out: Any,
-    value_out: Any,
+    codes_out: Any,
     steps_out: Any,
     size_out: Any,
     change_out: Any,
@@ -211,7 +210,8 @@ def batch_omp(
     orthonormal directions it defines, the scores alpha = D r obey alpha <- alpha - z_t (D q_t), where
     D q_t = (G_j - sum_s L[t, s] D q_s) / L[t, t] and z = L^{-1} b_I: one row of N per step, built from the
     signal's earlier rows (kept in scratch, storage dtype) and one Gram row, instead of all t Gram rows of the
-    support. Codes come from L^T gamma = z at the end (per step only when tol > 0).
+    support. Codes come from L^T gamma = z at the end (per step only when tol > 0), written into the zeroed dense
+    `codes_out` (B, N); ||x||^2 is summed here too, so the caller adds no elementwise passes over x or the codes.
 
     A signal stops after k atoms, when its squared residual is <= tol (tol > 0: computed explicitly from x and the
     support's atoms, O(M t), since ||x||^2 - |z|^2 cancels below the dtype's precision), when no atom has a
@@ -229,8 +229,8 @@ def batch_omp(
         gamma = np.zeros(k)
         previous = np.zeros(k)
         for i in range(block * BLOCK, min(batch, (block + 1) * BLOCK)):
-            _omp_one(gram, b, x, atoms, xnorm2, k, tol, mask, eps, i, alpha, basis, coef, chol, z, gamma, previous,
-                     index_out, value_out, steps_out, size_out, change_out, residual_out)  # fmt: skip
+            _omp_one(gram, b, x, atoms, k, tol, mask, eps, i, alpha, basis, coef, chol, z, gamma, previous,
+                     index_out, codes_out, steps_out, size_out, change_out, residual_out)  # fmt: skip
 
 
 @numba.njit(cache=True)
@@ -244,12 +244,14 @@ def _back_solve(chol: Any, z: Any, t: int, out: Any) -> None:
 
 
 @numba.njit(cache=True)
-def _omp_one(gram, b, x, atoms, xnorm2, k, tol, mask, eps, i, alpha, basis, coef, chol, z, gamma, previous,
-             index_out, value_out, steps_out, size_out, change_out, residual_out):  # fmt: skip
+def _omp_one(gram, b, x, atoms, k, tol, mask, eps, i, alpha, basis, coef, chol, z, gamma, previous,
+             index_out, codes_out, steps_out, size_out, change_out, residual_out):  # fmt: skip
     """`batch_omp` on signal i, in the given scratch arrays."""
     alpha[:] = b[i]
     index = index_out[i]
-    err = float(xnorm2[i])
+    err = 0.0
+    for q in range(x.shape[1]):
+        err += float(x[i, q]) ** 2
     steps, size = 0, 0
     if err > tol:
         for t in range(k):
@@ -294,7 +296,7 @@ def _omp_one(gram, b, x, atoms, xnorm2, k, tol, mask, eps, i, alpha, basis, coef
                     num += (gamma[s] - previous[s]) ** 2
             change = math.sqrt(num) / max(math.sqrt(den), 1e-300)
     for s in range(size):
-        value_out[i, s] = gamma[s]
+        codes_out[i, index[s]] = gamma[s]
     steps_out[i] = steps
     size_out[i] = size
     change_out[i] = change

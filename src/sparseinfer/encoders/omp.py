@@ -78,19 +78,18 @@ class OMPEncoder(IterativeEncoder):
 
         batch, n_latents, k = x.shape[0], atoms.shape[0], self.k
         gram, b = _compiled.products(x, atoms)
-        index = torch.zeros(batch, k, dtype=torch.long)
-        value = x.new_zeros(batch, k)
-        steps = torch.zeros(batch, dtype=torch.long)
-        sizes = torch.zeros(batch, dtype=torch.long)
-        change = torch.zeros(batch, dtype=torch.float64)
-        residual = torch.zeros(batch, dtype=torch.float64)
-        xnorm2 = x.double().pow(2).sum(1)
-        inputs = [t.contiguous().numpy() for t in (gram, b, x, atoms, xnorm2)]
-        outputs = [t.numpy() for t in (index, value, steps, sizes, change, residual)]
+        with _compiled.one_thread():  # allocations only: a second thread would wait on a busy core for them
+            codes = x.new_zeros(batch, n_latents)
+            index = torch.zeros(batch, k, dtype=torch.long)
+            steps = torch.zeros(batch, dtype=torch.long)
+            sizes = torch.zeros(batch, dtype=torch.long)
+            change = torch.zeros(batch, dtype=torch.float64)
+            residual = torch.zeros(batch, dtype=torch.float64)
+            inputs = [t.contiguous().numpy() for t in (gram, b, x, atoms)]
+        outputs = [t.numpy() for t in (index, codes, steps, sizes, change, residual)]
         mask = _compiled.abs_mask(inputs[1].dtype)
         work = batch * n_latents * k * (k + 3)  # per signal and step t: the new row (2 N t), the update and the pick
         _compiled.run_parallel(_compiled.batch_omp, *inputs, k, float(self.tol), mask, *outputs, flops=work)
-        codes = x.new_zeros(batch, n_latents).scatter_add_(1, index, value)
         last = int(steps.max()) if batch else 0
         worst = float(change[steps == last].max()) if batch and last else 0.0
         left = int((residual > self.tol).sum()) if self.tol > 0 else 0
