@@ -111,7 +111,10 @@ def test_cache_resumes_and_refuses_another_encoder(setup):
     before = (cache / "codes-00001.safetensors").read_bytes()
     (cache / "codes-00001.safetensors").unlink()
     stamp = (cache / "codes-00000.safetensors").stat().st_mtime_ns
-    cache_activations(root / "store", relu, root / "c")
+    lines: list[str] = []
+    cache_activations(root / "store", relu, root / "c", progress=lines.append)
+    shards = len(json.loads((cache / "cache.json").read_text())["contexts"])
+    assert len(lines) == 1 and f"shard 2/{shards} cached" in lines[0]  # one line per shard encoded, none skipped
     assert (cache / "codes-00001.safetensors").read_bytes() == before
     assert (cache / "codes-00000.safetensors").stat().st_mtime_ns == stamp  # not recomputed
     with pytest.raises(SparseInferError, match="another store or encoder"):

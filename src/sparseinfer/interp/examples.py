@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import hashlib
 import json
+import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -99,9 +101,14 @@ def _identity(store: ActivationStore, encoder_folder: Path, encoder: Encoder) ->
 
 
 def cache_activations(
-    store_folder: str | Path, encoder_folder: str | Path, cache: str | Path, batch_tokens: int = 4096
+    store_folder: str | Path,
+    encoder_folder: str | Path,
+    cache: str | Path,
+    batch_tokens: int = 4096,
+    progress: Callable[[str], None] = lambda s: None,
 ) -> Path:
-    """Encode every store shard and save its nonzero codes as sparse records; resumes a partial cache."""
+    """Encode every store shard and save its nonzero codes as sparse records; resumes a partial cache. `progress`
+    gets one line per shard encoded (an iterative encoder over a held-out store takes minutes)."""
     store = ActivationStore.open(store_folder)
     encoder_folder = Path(encoder_folder)
     encoder, dictionary, scale = load_encoder(encoder_folder)
@@ -126,7 +133,10 @@ def cache_activations(
     for index, info in enumerate(m.shards):
         path = cache / f"codes-{index:05d}.safetensors"
         if not path.exists():
+            started = time.perf_counter()
             _cache_shard(store, index, first, encoder, dictionary, scale, batch_tokens, path)
+            progress(f"{encoder_folder.name}: codes of shard {index + 1}/{len(m.shards)} cached "
+                     f"({time.perf_counter() - started:.0f} s)")  # fmt: skip
         first += info["contexts"]
     return cache
 

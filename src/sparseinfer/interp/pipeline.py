@@ -97,14 +97,14 @@ def dictionary_id(run: Path) -> str:
 
 
 def prepare(run: Path, store: ActivationStore, out: Path, config: InterpretConfig, tokenizer: Any,
-            latents: list[int] | None = None) -> Path:  # fmt: skip
+            latents: list[int] | None = None, progress: Callable[[str], None] = lambda s: None) -> Path:  # fmt: skip
     """Cache codes and write `examples.json` for one encoder folder (both skipped when already there); `latents`
     (those of an encoder with the same dictionary) are reused where they are live here, else a random pick."""
     out.mkdir(parents=True, exist_ok=True)
     path = out / "examples.json"
     if path.exists():
         return path
-    cache = CodeCache.load(cache_activations(store.folder, run, out / "cache"))
+    cache = CodeCache.load(cache_activations(store.folder, run, out / "cache", progress=progress))
     counts = cache.counts()
     shared = [j for j in latents or [] if j < cache.n_latents and config.min_count <= counts[j] <= cache.n_tokens / 2]
     latents = shared or select_latents(cache, config.n_latents, min_count=config.min_count, seed=config.seed)
@@ -146,7 +146,7 @@ def interpret(
     chosen: dict[str, list[int]] = {}
     for run, label in zip(runs, labels_for(runs), strict=True):
         ident = dictionary_id(run)
-        records = load_examples(prepare(run, store, out / label, config, tokenizer, chosen.get(ident)))
+        records = load_examples(prepare(run, store, out / label, config, tokenizer, chosen.get(ident), progress))
         chosen.setdefault(ident, [r.latent for r in records])
         records = [r for r in records if (label, r.latent) not in finished]
         if records and config.logit_tokens and lm is None:
