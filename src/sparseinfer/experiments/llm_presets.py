@@ -1,10 +1,11 @@
 """Scales of the study's language-model experiment (`sparseinfer reproduce llm`), as frozen presets.
 
 - `micro`: seconds, for tests (a tiny model and text given by the caller).
-- `quick`: the whole pipeline, auto-interp included, meant for 60 minutes on 2 CPU cores (measured: 66.5): >= 1M
+- `quick`: the whole pipeline, auto-interp included, meant for 60 minutes on 2 CPU cores (measured: 56.3): >= 1M
   training and >= 100k held-out tokens of the default model at resid_pre.9 on the varied English corpus, a 4x
   dictionary, 300 training steps, 50-iteration solvers, 2,048 evaluation tokens, 50 latents per family scored by 8
-  detection and 4 fuzzing questions on two single-threaded explainer servers.
+  detection and 2 fuzzing questions on two single-threaded explainer servers; training and evaluation on 2
+  single-threaded worker processes.
 - `study`: the study's settings (22x expansion, 128-token contexts, the study loss; ../shared/paper-protocol.md) on
   one GPU; on CPU it streams and chunks so as to stay within 24 GB of RAM (shards of 64 contexts, 4 in memory).
 
@@ -96,8 +97,8 @@ PRESETS: dict[str, LLMPreset] = {
         solver_iter=50, workers=2,
         interp_options={"n_top": 10, "n_explain": 6, "n_samples": 4, "n_negatives": 4, "left": 12, "right": 3,
                         "n_planted": 24, "shuffled_fuzz": True, "n_fuzz": 2},
-        expected="about 66 minutes on 2 CPU cores, 6.5 over its 60-minute budget (measured 2026-12-03: data 5 min, "
-        "train 8.5, evaluate 12, probe 3, interp 38; docs/llm-study.md); each stage's time is in stages/*.json",
+        expected="about 56 minutes on 2 CPU cores (measured 2026-12-03: data 6 min, train 8.5, evaluate 11, probe 3, "
+        "interp 28; docs/llm-study.md); each stage's time is in stages/*.json",
     ),
     "study": LLMPreset(
         name="study", train_contexts=100_000, test_contexts=8_000, dtype="float16", compute_dtype="float32",

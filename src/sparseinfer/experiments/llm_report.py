@@ -106,7 +106,7 @@ def _interp_lines(out: Path, figures: list[Path]) -> list[str]:
     cell = summary.assign(value=[f"{m:.3f} [{lo:.3f}, {hi:.3f}] (n={n})" for m, lo, hi, n in
                                  summary[["mean", "ci_low", "ci_high", "n"]].itertuples(index=False)])  # fmt: skip
     table = cell.pivot(index="encoder", columns="metric", values="value")
-    table = table[[m for m in INTERP_METRICS if m in table]]
+    table = table.loc[list(dict.fromkeys(summary["encoder"])), [m for m in INTERP_METRICS if m in table]]
     table.index.name = "family / control"
     lines = ["", "## Interpretability", "",
              "Random live latents of each family's dictionary at the interpreted target (and of the preset's "
