@@ -16,7 +16,8 @@ optional: `--fista`), `ours_omp`, `spams_lasso` / `spams_omp` (SPAMS on the same
 `sklearn_lasso_cd` / `sklearn_omp` (n_jobs=1).
 
 Timings: for each shape, condition and repeat, every (threads, method) pair runs once in turn, interleaved, and the
-minimum per pair is kept, so each ratio (SPAMS seconds / ours) comes from one run on one machine state. The
+minimum per pair is kept, so each ratio (SPAMS seconds / ours) comes from one run on one machine state; each call
+waits `PAUSE` first, so that it is not timed beside the previous method's still-spinning OpenMP workers. The
 `loaded` condition starts a second process that spins on one core for the duration of its timings (a busy
 laptop). Appends one JSON line to benchmarks/results.jsonl.
 """
@@ -47,6 +48,7 @@ from sparseinfer.encoders.omp import OMPEncoder
 
 SHAPES = {"small": (32, 64, 4), "large": (256, 1024, 16)}
 ACCURACY = 1e-4
+PAUSE = 0.05  # seconds between timed calls, so that no method is timed beside another one's spinning threads
 
 
 def problem(dim: int, n_latents: int, k: int, n: int, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
@@ -141,6 +143,7 @@ def run_shape(
                 for t in threads:
                     torch.set_num_threads(t)
                     for method, fn in per_threads[t].items():
+                        time.sleep(PAUSE)  # the previous method's OpenMP workers spin a while after their last call
                         start = time.perf_counter()
                         outputs[method] = fn()
                         elapsed = time.perf_counter() - start

@@ -221,6 +221,54 @@ def test_set_up_products_split_over_threads_equal_one_product(monkeypatch: pytes
         torch.set_num_threads(threads)
 
 
+def test_others_running_sees_a_busy_process() -> None:
+    """The load probe counts a spinning process (real, Linux); its answer is reused for `PROBE_SECONDS`."""
+    import subprocess
+    import sys
+    import time
+
+    from sparseinfer.encoders import _compiled
+
+    if _compiled._probe_running() is None:
+        pytest.skip("no /proc/loadavg here")
+    busy = subprocess.Popen([sys.executable, "-c", "while True: pass"])
+    try:
+        time.sleep(0.3)
+        seen = [_compiled._probe_running() for _ in range(50)]
+    finally:
+        busy.kill()
+        busy.wait()
+    assert max(seen) >= 1 and min(seen) >= 0
+    _compiled._probe[:] = [time.monotonic(), 7]
+    assert _compiled.others_running() == 7  # a fresh answer is reused
+    _compiled._probe[:] = [time.monotonic() - _compiled.PROBE_SECONDS, 7]
+    assert _compiled.others_running() != 7  # an old one is probed again
+
+
+def test_small_kernels_take_one_thread_beside_a_busy_process(monkeypatch: pytest.MonkeyPatch) -> None:
+    """`kernel_threads`: small work runs on every free core, on one when another process holds a core; large work
+    keeps its threads under load (there dynamic blocks win); tiny work always runs on one thread."""
+    import os
+
+    import numba
+
+    from sparseinfer.encoders import _compiled
+
+    if numba.config.NUMBA_NUM_THREADS < 2:
+        pytest.skip("one core")
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0, 1})
+    small, large = _compiled.BUSY_PROBE_FLOPS // 2, _compiled.BUSY_PROBE_FLOPS * 2
+    monkeypatch.setattr(_compiled, "others_running", lambda: 0)
+    assert _compiled.kernel_threads(small, 2) == 2
+    assert _compiled.kernel_threads(_compiled.PARALLEL_FLOPS // 2, 2) == 1
+    monkeypatch.setattr(_compiled, "others_running", lambda: 1)
+    assert _compiled.kernel_threads(small, 2) == 1
+    assert _compiled.kernel_threads(large, 2) == 2
+    assert _compiled.kernel_threads(small, 1) == 1
+    monkeypatch.setattr(_compiled, "others_running", lambda: None)  # no probe: the caller's count
+    assert _compiled.kernel_threads(small, 2) == 2
+
+
 def test_compiled_omp_flops_count_its_products() -> None:
     dictionary, x, _ = _problem(40, 16, 32, seed=4)
     encoder = si.create("omp", k=6)

@@ -113,47 +113,47 @@ class ActiveSetLasso:
         """Codes (batch, n_latents) at the Lasso optimum (KKT within `rtol`), and the convergence summary."""
         batch, n_latents = x.shape[0], atoms.shape[0]
         trace = self.trace = Trace(batch=batch)
-        out = x.new_zeros(batch, n_latents)
         if batch == 0:
-            return out, Diagnostics(iterations=0, converged=True, max_change=0.0, measure="")
+            return x.new_zeros(batch, n_latents), Diagnostics(iterations=0, converged=True, max_change=0.0, measure="")
         limit = self.penalty * (1.0 + max(self.rtol, 64 * torch.finfo(x.dtype).eps))
         trace.full_gram = n_latents * n_latents <= self.GRAM_ENTRIES
         if trace.full_gram and init is None and _compiled_applies(x, atoms):
-            from sparseinfer.encoders import _compiled
-
-            full_gram, b = _compiled.products(x, atoms)
-            return self._solve_compiled(x, atoms, b, full_gram, limit, out)
+            return self._solve_compiled(x, atoms, limit)
         b = x @ atoms.T
         full_gram = atoms @ atoms.T if trace.full_gram else None
-        return self._solve_batched(x, atoms, b, full_gram, limit, init, out)
+        return self._solve_batched(x, atoms, b, full_gram, limit, init, x.new_zeros(batch, n_latents))
 
-    def _solve_compiled(
-        self, x: Tensor, atoms: Tensor, b: Tensor, full_gram: Tensor, limit: float, out: Tensor
-    ) -> tuple[Tensor, Diagnostics]:
+    def _solve_compiled(self, x: Tensor, atoms: Tensor, limit: float) -> tuple[Tensor, Diagnostics]:
         """The compiled homotopy on every row; rows it could not finish are solved by the batched method."""
         from sparseinfer.encoders import _compiled
 
         batch, slots = x.shape[0], min(x.shape[1], atoms.shape[0])
-        index = torch.zeros(batch, slots, dtype=torch.long)
-        value = x.new_zeros(batch, slots)
-        sizes, segments, work = (torch.zeros(batch, dtype=torch.long) for _ in range(3))
-        status = torch.zeros(batch, dtype=torch.int8)
-        max_segments = self.solve_segments if self.solve_segments is not None else 8 * slots + 16
-        _compiled.run_parallel(
-            _compiled.lars_lasso,
-            full_gram.contiguous().numpy(),
-            b.contiguous().numpy(),
-            self.penalty,
-            self.nonneg,
-            limit,
-            max_segments,
-            *(t.numpy() for t in (index, value, sizes, segments, work, status)),
-        )
-        self.trace.path_segments, self.trace.path_work = int(segments.sum()), int(work.sum())
-        failed = status != 0
-        out.scatter_add_(1, index, torch.where(failed[:, None], 0.0, value))
-        iterations = int(segments.max())
-        if not bool(failed.any()):
+        with _compiled.one_thread() as threads:  # torch's own ops here: on 2 threads they wait on a busy core
+            full_gram, b = _compiled.products(x, atoms, threads)
+            out = x.new_zeros(batch, atoms.shape[0])
+            index = torch.zeros(batch, slots, dtype=torch.long)
+            value = x.new_zeros(batch, slots)
+            sizes, segments, work = (torch.zeros(batch, dtype=torch.long) for _ in range(3))
+            status = torch.zeros(batch, dtype=torch.int8)
+            max_segments = self.solve_segments if self.solve_segments is not None else 8 * slots + 16
+            _compiled.run_parallel(
+                _compiled.lars_lasso,
+                full_gram.contiguous().numpy(),
+                b.contiguous().numpy(),
+                self.penalty,
+                self.nonneg,
+                limit,
+                max_segments,
+                *(t.numpy() for t in (index, value, sizes, segments, work, status)),
+                flops=batch * atoms.shape[0] * slots,  # a path's rough cost: slots segments of an N-wide pass
+                threads=threads,
+            )
+            self.trace.path_segments, self.trace.path_work = int(segments.sum()), int(work.sum())
+            failed = status != 0
+            out.scatter_add_(1, index, torch.where(failed[:, None], 0.0, value))
+            iterations = int(segments.max())
+            any_failed = bool(failed.any())
+        if not any_failed:
             return out, Diagnostics(iterations=iterations, converged=True, max_change=0.0, measure="")
         rows = failed.nonzero().squeeze(1)
         rest, diagnostics = self._solve_batched(

@@ -15,6 +15,8 @@ from __future__ import annotations
 
 import contextlib
 import math
+import os
+import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -28,37 +30,44 @@ SMALL_OP_FLOPS = 1 << 28  # below this a torch product runs on one thread (2 thr
 # measured on 2 threads (2026-12-03, best / median of 30 calls): 3.1 / 3.4 ms split against 5.3 / 5.9 ms on one
 # thread quiet, and 3.0 / 7.4 ms against 6.8 / 10.1 ms with a second process spinning on one core.
 PARALLEL_FLOPS = 1 << 20
+# Below this (a batch of a few ms) a kernel runs on one thread while another process holds a core: a worker thread
+# preempted while it holds a block delays the join by up to a scheduler slice. Measured at (32, 64, 4) x 10,000
+# signals with a second process spinning on one core (best of 10): OMP 7.3 ms on 2 threads against 6.0 on 1, Lasso
+# 16.0 against 14.2 ms; at (256, 1024, 16) (~3e9) 2 threads still won under that load (0.18 vs 0.19 s, 0.39 vs 0.48).
+BUSY_PROBE_FLOPS = 1 << 27
 
 
 ROWS = 512  # signals per block of b = x D^T when several threads share it
 
 
 @contextlib.contextmanager
-def one_thread() -> Iterator[None]:
-    """torch ops inside run on the calling thread only (restores the thread count on exit)."""
+def one_thread() -> Iterator[int]:
+    """torch ops inside run on the calling thread only; yields the thread count it restores on exit (what the
+    kernels and `products` inside may still use on their own pools)."""
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
-        yield
+        yield threads
     finally:
         torch.set_num_threads(threads)
 
 
 @torch.no_grad()
-def products(x: torch.Tensor, atoms: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+def products(x: torch.Tensor, atoms: torch.Tensor, threads: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """The set-up of both kernels: the Gram G = D D^T and the correlations b = x D^T.
 
     Small products run on one thread: measured on the project's 2-core box under load, a (10,000, 32) x (32, 64)
     product took 84 ms on 2 threads against 3 ms on 1. Large ones are split into blocks of `ROWS` signals that
     single-threaded products on a pool of torch's thread count take in turn (the Gram is one more block), so a
-    thread on a busy core takes fewer blocks instead of holding up a statically split product.
+    thread on a busy core takes fewer blocks instead of holding up a statically split product. `threads`: the pool's
+    size (default: torch's thread count).
     """
     from torch.utils._python_dispatch import _get_current_dispatch_mode
 
-    threads = torch.get_num_threads()
+    threads = threads or torch.get_num_threads()
     small = 2 * x.shape[0] * x.shape[1] * atoms.shape[0] < SMALL_OP_FLOPS or x.shape[0] <= ROWS
     if small or threads == 1 or _get_current_dispatch_mode() is not None:  # a FLOP counter sees this thread only
-        with one_thread() if threads > 1 else contextlib.nullcontext():
+        with one_thread():
             return atoms @ atoms.T, x @ atoms.T
     from concurrent.futures import ThreadPoolExecutor
 
@@ -72,11 +81,51 @@ def products(x: torch.Tensor, atoms: torch.Tensor) -> tuple[torch.Tensor, torch.
         return gram.result(), b
 
 
-def run_parallel(kernel: Any, *args: Any, flops: int | None = None) -> None:
-    """Call a `prange` kernel on torch's thread count (capped by numba's), in dynamically scheduled blocks; on one
-    thread when the caller's estimate of the kernel's work (`flops`) is below `PARALLEL_FLOPS`."""
-    threads = max(1, min(torch.get_num_threads(), numba.config.NUMBA_NUM_THREADS))
-    numba.set_num_threads(1 if flops is not None and flops < PARALLEL_FLOPS else threads)
+PROBE_SECONDS = 0.25  # a load probe's answer is reused this long (it costs 70-300 us; loads change over seconds)
+_probe: list[Any] = [-math.inf, None]  # time of the last probe, its answer
+
+
+def others_running() -> int | None:
+    """Threads of other processes running or runnable (the kernel's count in /proc/loadavg less this process's
+    threads in state R; Linux, None elsewhere), probed at most every `PROBE_SECONDS`."""
+    now = time.monotonic()
+    if now - _probe[0] >= PROBE_SECONDS:
+        _probe[:] = [now, _probe_running()]
+    return _probe[1]
+
+
+def _probe_running() -> int | None:
+    """One reading for `others_running`: one small file per thread of this process, 70-300 us in all."""
+    try:
+        with open("/proc/loadavg", "rb") as f:
+            total = int(f.read().split()[3].split(b"/")[0])
+        own = 0
+        for task in os.listdir("/proc/self/task"):
+            with contextlib.suppress(OSError), open(f"/proc/self/task/{task}/stat", "rb") as f:
+                own += f.read().rsplit(b")", 1)[1][1:2] == b"R"
+    except (OSError, ValueError, IndexError):
+        return None
+    return max(0, total - own)
+
+
+def kernel_threads(flops: int | None, threads: int | None = None) -> int:
+    """Threads for one kernel call: `threads` (default torch's thread count, capped by numba's); one below
+    `PARALLEL_FLOPS` of work; for work below `BUSY_PROBE_FLOPS` only as many as there are cores that no other
+    process is running on."""
+    threads = max(1, min(threads or torch.get_num_threads(), numba.config.NUMBA_NUM_THREADS))
+    if threads == 1 or (flops is not None and flops < PARALLEL_FLOPS):
+        return 1
+    if flops is not None and flops < BUSY_PROBE_FLOPS:
+        busy = others_running()
+        if busy is not None:
+            return max(1, min(threads, len(os.sched_getaffinity(0)) - busy))
+    return threads
+
+
+def run_parallel(kernel: Any, *args: Any, flops: int | None = None, threads: int | None = None) -> None:
+    """Call a `prange` kernel on `kernel_threads(flops, threads)` threads (`flops`: the caller's estimate of its
+    work), in dynamically scheduled blocks."""
+    numba.set_num_threads(kernel_threads(flops, threads))
     with numba.parallel_chunksize(1):  # one block at a time: a thread on a busy core takes fewer blocks
         kernel(*args)
 

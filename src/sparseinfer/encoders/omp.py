@@ -77,8 +77,8 @@ class OMPEncoder(IterativeEncoder):
         from sparseinfer.encoders import _compiled
 
         batch, n_latents, k = x.shape[0], atoms.shape[0], self.k
-        gram, b = _compiled.products(x, atoms)
-        with _compiled.one_thread():  # allocations only: a second thread would wait on a busy core for them
+        with _compiled.one_thread() as threads:  # torch's own ops here: on 2 threads they wait on a busy core
+            gram, b = _compiled.products(x, atoms, threads)
             codes = x.new_zeros(batch, n_latents)
             index = torch.zeros(batch, k, dtype=torch.long)
             steps = torch.zeros(batch, dtype=torch.long)
@@ -86,14 +86,16 @@ class OMPEncoder(IterativeEncoder):
             change = torch.zeros(batch, dtype=torch.float64)
             residual = torch.zeros(batch, dtype=torch.float64)
             inputs = [t.contiguous().numpy() for t in (gram, b, x, atoms)]
-        outputs = [t.numpy() for t in (index, codes, steps, sizes, change, residual)]
-        mask = _compiled.abs_mask(inputs[1].dtype)
-        work = batch * n_latents * k * (k + 3)  # per signal and step t: the new row (2 N t), the update and the pick
-        _compiled.run_parallel(_compiled.batch_omp, *inputs, k, float(self.tol), mask, *outputs, flops=work)
-        last = int(steps.max()) if batch else 0
-        worst = float(change[steps == last].max()) if batch and last else 0.0
-        left = int((residual > self.tol).sum()) if self.tol > 0 else 0
-        self._compiled_work = int((sizes * (sizes + 1) // 2).sum())
+            outputs = [t.numpy() for t in (index, codes, steps, sizes, change, residual)]
+            mask = _compiled.abs_mask(inputs[1].dtype)
+            work = batch * n_latents * k * (k + 3)  # per signal and step t: the new row (2 N t), the update, the pick
+            _compiled.run_parallel(
+                _compiled.batch_omp, *inputs, k, float(self.tol), mask, *outputs, flops=work, threads=threads
+            )
+            last = int(steps.max()) if batch else 0
+            worst = float(change[steps == last].max()) if batch and last else 0.0
+            left = int((residual > self.tol).sum()) if self.tol > 0 else 0
+            self._compiled_work = int((sizes * (sizes + 1) // 2).sum())
         self.diagnostics = Diagnostics(
             iterations=last, converged=left == 0, max_change=worst, n_unconverged=left, tested=self.tol > 0
         )
