@@ -221,7 +221,7 @@ def test_set_up_products_split_over_threads_equal_one_product(monkeypatch: pytes
         torch.set_num_threads(threads)
 
 
-def test_others_running_sees_a_busy_process() -> None:
+def test_others_running_sees_a_busy_process(monkeypatch: pytest.MonkeyPatch) -> None:
     """The load probe counts a spinning process (real, Linux); its answer is reused for `PROBE_SECONDS`."""
     import subprocess
     import sys
@@ -239,9 +239,9 @@ def test_others_running_sees_a_busy_process() -> None:
         busy.kill()
         busy.wait()
     assert max(seen) >= 1 and min(seen) >= 0
-    _compiled._probe[:] = [time.monotonic(), 7]
+    monkeypatch.setattr(_compiled, "_probe", [time.monotonic(), 7])  # restored after the test
     assert _compiled.others_running() == 7  # a fresh answer is reused
-    _compiled._probe[:] = [time.monotonic() - _compiled.PROBE_SECONDS, 7]
+    monkeypatch.setattr(_compiled, "_probe", [time.monotonic() - _compiled.PROBE_SECONDS, 7])
     assert _compiled.others_running() != 7  # an old one is probed again
 
 
